@@ -1,0 +1,177 @@
+"""The graph store contract: PCG's read primitives over the hierarchy, as of a timestamp.
+
+Method names follow PyChunkedGraph's ``ChunkedGraph`` so its users recognise them. Every backend
+(SQLite, Bigtable) implements the few abstract primitives; the traversals (roots at a stop layer,
+chunk helpers) are written once here on top of them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from abc import ABC, abstractmethod
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from raymesh.ids import ChunkLayout
+from raymesh.meta import GraphMeta
+
+TimeStamp = dt.datetime | float | int | None
+
+
+class GraphError(ValueError):
+    """An unknown graph, an unknown node, or a store that cannot be used as asked."""
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def to_datetime(time_stamp: TimeStamp) -> dt.datetime:
+    """None -> now; POSIX seconds -> UTC; naive datetimes are taken as UTC (as PCG does)."""
+    if time_stamp is None:
+        return utcnow()
+    if isinstance(time_stamp, dt.datetime):
+        return time_stamp if time_stamp.tzinfo else time_stamp.replace(tzinfo=dt.timezone.utc)
+    return dt.datetime.fromtimestamp(float(time_stamp), tz=dt.timezone.utc)
+
+
+def write_ms(time_stamp: TimeStamp) -> int:
+    """Cell timestamp of a write: whole milliseconds, rounded down (PCG get_valid_timestamp)."""
+    t = to_datetime(time_stamp)
+    return int(t.timestamp() * 1_000_000) // 1000
+
+
+def read_ms(time_stamp: TimeStamp) -> int:
+    """Inclusive read bound "cells <= T" in whole milliseconds: T rounded up (PCG time filter)."""
+    t = to_datetime(time_stamp)
+    us = int(round(t.timestamp() * 1_000_000))
+    return -(-us // 1000)
+
+
+def ms_to_datetime(ms: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.timezone.utc)
+
+
+class GraphStore(ABC):
+    """Read (and, for builders and edits, write) access to one ChunkedGraph."""
+
+    url: str
+
+    # ---- primitives each backend implements ---------------------------------------------------
+    @property
+    @abstractmethod
+    def meta(self) -> GraphMeta: ...
+
+    @abstractmethod
+    def range_read_chunk(self, chunk_id: int, time_stamp: TimeStamp = None) -> dict[int, np.ndarray]:
+        """Every node of the chunk created <= T, with its children (PCG ``range_read_chunk``)."""
+
+    @abstractmethod
+    def _children(self, node_ids: np.ndarray) -> dict[int, np.ndarray]:
+        """Newest children cell of each id; ids without a row are absent."""
+
+    @abstractmethod
+    def _parents(self, node_ids: np.ndarray, ms: int) -> np.ndarray:
+        """Newest parent cell <= ms of each id, 0 where there is none."""
+
+    @abstractmethod
+    def get_node_timestamps(self, node_ids: Iterable[int]) -> np.ndarray:
+        """Creation time (the children cell's timestamp) in ms; 0 for unknown ids."""
+
+    @abstractmethod
+    def write_nodes(
+        self, node_ids: np.ndarray, children: Sequence[np.ndarray], time_stamp: TimeStamp
+    ) -> None:
+        """Write new nodes (children cells) and the matching parent cells on their children."""
+
+    @abstractmethod
+    def write_cross_edges(self, l2_ids: np.ndarray, layers: np.ndarray, edges: Sequence[np.ndarray],
+                          time_stamp: TimeStamp) -> None:
+        """Store the atomic cross-chunk edges (sv pairs) of layer-2 nodes, per edge layer."""
+
+    @abstractmethod
+    def get_cross_edges(self, l2_ids: Iterable[int], time_stamp: TimeStamp = None) -> dict[int, dict[int, np.ndarray]]:
+        """``{l2: {layer: (n, 2) sv pairs}}`` for the given layer-2 nodes."""
+
+    @abstractmethod
+    def update_meta(self, meta: GraphMeta, time_stamp: TimeStamp = None) -> None:
+        """Write the meta as a new cell (PCG update_graph_meta); readers take the newest."""
+
+    def close(self) -> None:  # pragma: no cover - optional for backends
+        pass
+
+    # ---- PCG-named conveniences -------------------------------------------------------------
+    @property
+    def layout(self) -> ChunkLayout:
+        return self.meta.layout
+
+    def get_chunk_id(self, node_id: int | None = None, layer: int | None = None,
+                     x: int | None = None, y: int | None = None, z: int | None = None) -> int:
+        """Chunk id of a node, or of ``(layer, x, y, z)``."""
+        if node_id is not None:
+            return int(self.layout.get_chunk_id(node_id))
+        if None in (layer, x, y, z):
+            raise GraphError("get_chunk_id needs node_id, or layer, x, y and z")
+        return int(self.layout.chunk_id(layer, x, y, z))
+
+    def get_chunk_layer(self, node_ids):
+        return self.layout.get_chunk_layer(node_ids)
+
+    def get_chunk_coordinates(self, node_id: int) -> np.ndarray:
+        return self.layout.get_chunk_coordinates(node_id)
+
+    def get_children(self, node_ids, flatten: bool = False):
+        """A single id -> its children array; several -> ``{id: children}`` (PCG semantics)."""
+        if np.isscalar(node_ids):
+            return self._children(np.array([node_ids], dtype=np.uint64)).get(
+                int(node_ids), np.empty(0, dtype=np.uint64)
+            )
+        ids = np.asarray(node_ids, dtype=np.uint64)
+        found = self._children(ids)
+        out = {int(i): found.get(int(i), np.empty(0, dtype=np.uint64)) for i in ids}
+        if flatten:
+            return np.concatenate(list(out.values())) if out else np.empty(0, dtype=np.uint64)
+        return out
+
+    def get_parents(self, node_ids, time_stamp: TimeStamp = None, fail_to_zero: bool = False):
+        """Parent of each id as of T. Missing parents raise unless ``fail_to_zero``."""
+        scalar = np.isscalar(node_ids)
+        ids = np.atleast_1d(np.asarray(node_ids, dtype=np.uint64))
+        parents = self._parents(ids, read_ms(time_stamp)) if len(ids) else np.empty(0, np.uint64)
+        if not fail_to_zero:
+            missing = ids[(parents == 0) & (ids != 0)]
+            if len(missing):
+                raise GraphError(f"no parent for node(s) {missing[:5].tolist()} at {time_stamp}")
+        return int(parents[0]) if scalar else parents
+
+    def get_roots(self, node_ids, stop_layer: int | None = None, time_stamp: TimeStamp = None,
+                  ceil: bool = True, fail_to_zero: bool = False):
+        """Ancestor of each id at ``stop_layer`` (default: true roots), as of T.
+
+        A parent can sit several layers above its child (skip connections); with ``ceil`` the
+        first ancestor at or above the stop layer is returned, else the last one at or below it.
+        """
+        scalar = np.isscalar(node_ids)
+        result = np.atleast_1d(np.asarray(node_ids, dtype=np.uint64)).copy()
+        stop = self.meta.layer_count if stop_layer is None else int(stop_layer)
+        ms = read_ms(time_stamp)
+        layout = self.layout
+        done = result == 0
+        for _ in range(stop + 1):
+            active = np.flatnonzero(~done & (layout.get_chunk_layer(result) < stop))
+            if not len(active):
+                break
+            uniq, inverse = np.unique(result[active], return_inverse=True)
+            parents = self._parents(uniq, ms)[inverse]
+            missing = parents == 0
+            if missing.any() and not fail_to_zero:
+                bad = result[active][missing]
+                raise GraphError(f"node(s) {bad[:5].tolist()} have no parent at {time_stamp}")
+            if not ceil:
+                over = ~missing & (layout.get_chunk_layer(parents) > stop)
+                done[active[over]] = True
+                parents = np.where(over, result[active], parents)
+            result[active] = parents
+            done[active[missing]] = True
+        return int(result[0]) if scalar else result

@@ -1,0 +1,210 @@
+"""The embedded graph store: one SQLite file, the default for laptops, demos and tests.
+
+It keeps PCG's data model, not its byte encoding: node rows with one immutable children cell
+(its timestamp is the node's creation time), parent cells that accumulate with edits, and
+meta versions. The file is opened in WAL mode, so many processes (Ray workers) read it at once
+while one writes. Ids are stored as SQLite integers: with 8 layer bits and fewer than 128 layers
+the top bit is always 0, so uint64 ids fit the signed 64-bit column unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from raymesh.graph.base import GraphError, GraphStore, TimeStamp, read_ms, write_ms
+from raymesh.meta import GraphMeta
+from raymesh.volume import read_info
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (ts INTEGER PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS nodes (id INTEGER PRIMARY KEY, ts INTEGER NOT NULL, children BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS parents (
+    node INTEGER NOT NULL, ts INTEGER NOT NULL, parent INTEGER NOT NULL, PRIMARY KEY (node, ts)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS cross_edges (
+    node INTEGER NOT NULL, layer INTEGER NOT NULL, ts INTEGER NOT NULL, edges BLOB NOT NULL,
+    PRIMARY KEY (node, layer, ts)
+) WITHOUT ROWID;
+"""
+
+_BATCH = 20_000
+
+
+def _blob(ids: np.ndarray) -> bytes:
+    return np.ascontiguousarray(ids, dtype="<u8").tobytes()
+
+
+def _ids(blob: bytes) -> np.ndarray:
+    return np.frombuffer(blob, dtype="<u8").astype(np.uint64)
+
+
+class SQLiteStore(GraphStore):
+    """``sqlite:///abs/path/graph.sqlite`` (or ``sqlite://relative/path``)."""
+
+    def __init__(self, path: str, *, create: bool = False):
+        self.path = os.path.abspath(path)
+        self.url = f"sqlite://{self.path}"
+        if not create and not os.path.exists(self.path):
+            raise GraphError(
+                f"unknown graph: no SQLite graph at {self.path}; build one with "
+                "`raymesh build-graph` or check the --graph URL"
+            )
+        self._local = threading.local()
+        self._meta: GraphMeta | None = None
+        if create:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            con = self._con()
+            con.execute("PRAGMA journal_mode=WAL")
+            con.executescript(SCHEMA)
+            con.commit()
+
+    def __reduce__(self):  # connections do not pickle: Ray workers reopen the file
+        return (SQLiteStore, (self.path,))
+
+    def _con(self) -> sqlite3.Connection:
+        con = getattr(self._local, "con", None)
+        if con is None:
+            con = sqlite3.connect(self.path, timeout=60, isolation_level="DEFERRED")
+            con.execute("PRAGMA busy_timeout=60000")
+            self._local.con = con
+        return con
+
+    def close(self) -> None:
+        con = getattr(self._local, "con", None)
+        if con is not None:
+            con.close()
+            self._local.con = None
+
+    # ---- meta -------------------------------------------------------------------------------
+    def has_meta(self) -> bool:
+        try:
+            return self._con().execute("SELECT 1 FROM meta LIMIT 1").fetchone() is not None
+        except sqlite3.OperationalError:
+            return False
+
+    def raw_meta(self) -> dict | None:
+        try:
+            row = self._con().execute("SELECT value FROM meta ORDER BY ts DESC LIMIT 1").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise GraphError(f"{self.path} is not a raymesh SQLite graph: {exc}") from exc
+        return json.loads(row[0]) if row else None
+
+    @property
+    def meta(self) -> GraphMeta:
+        if self._meta is None:
+            raw = self.raw_meta()
+            if raw is None:
+                raise GraphError(f"unknown graph: {self.path} has no graph meta; build the graph first")
+            self._meta = GraphMeta.from_dict(raw, read_info(raw["data_source"]["watershed"]))
+        return self._meta
+
+    def update_meta(self, meta: GraphMeta, time_stamp: TimeStamp = None) -> None:
+        con = self._con()
+        ms = write_ms(time_stamp)
+        last = con.execute("SELECT MAX(ts) FROM meta").fetchone()[0]
+        ms = max(ms, (last or 0) + 1)  # versions must not collide when written in one millisecond
+        con.execute("INSERT INTO meta VALUES (?, ?)", (ms, json.dumps(meta.to_dict(), sort_keys=True)))
+        con.commit()
+        self._meta = None
+
+    # ---- reads ------------------------------------------------------------------------------
+    def range_read_chunk(self, chunk_id: int, time_stamp: TimeStamp = None) -> dict[int, np.ndarray]:
+        layout = self.layout
+        layer = int(layout.get_chunk_layer(chunk_id))
+        lo = int(layout.get_chunk_id(chunk_id))
+        hi = lo | layout.segment_id_limit(layer)
+        rows = self._con().execute(
+            "SELECT id, children FROM nodes WHERE id BETWEEN ? AND ? AND ts <= ? ORDER BY id",
+            (lo, hi, read_ms(time_stamp)),
+        ).fetchall()
+        return {int(i): _ids(c) for i, c in rows}
+
+    def _children(self, node_ids: np.ndarray) -> dict[int, np.ndarray]:
+        out: dict[int, np.ndarray] = {}
+        con = self._con()
+        for i in range(0, len(node_ids), _BATCH):
+            batch = json.dumps([int(v) for v in node_ids[i : i + _BATCH]])
+            for nid, blob in con.execute(
+                "SELECT n.id, n.children FROM json_each(?) j JOIN nodes n ON n.id = j.value", (batch,)
+            ):
+                out[int(nid)] = _ids(blob)
+        return out
+
+    def _parents(self, node_ids: np.ndarray, ms: int) -> np.ndarray:
+        out = np.zeros(len(node_ids), dtype=np.uint64)
+        con = self._con()
+        for i in range(0, len(node_ids), _BATCH):
+            batch = json.dumps([int(v) for v in node_ids[i : i + _BATCH]])
+            rows = con.execute(
+                "SELECT (SELECT parent FROM parents WHERE node = j.value AND ts <= ? "
+                "ORDER BY ts DESC LIMIT 1) FROM json_each(?) j ORDER BY j.key",
+                (ms, batch),
+            ).fetchall()
+            out[i : i + len(rows)] = [r[0] or 0 for r in rows]
+        return out
+
+    def get_node_timestamps(self, node_ids: Iterable[int]) -> np.ndarray:
+        ids = [int(v) for v in node_ids]
+        con = self._con()
+        found: dict[int, int] = {}
+        for i in range(0, len(ids), _BATCH):
+            batch = json.dumps(ids[i : i + _BATCH])
+            for nid, ts in con.execute(
+                "SELECT n.id, n.ts FROM json_each(?) j JOIN nodes n ON n.id = j.value", (batch,)
+            ):
+                found[int(nid)] = int(ts)
+        return np.array([found.get(i, 0) for i in ids], dtype=np.int64)
+
+    def get_cross_edges(self, l2_ids: Iterable[int], time_stamp: TimeStamp = None) -> dict[int, dict[int, np.ndarray]]:
+        ids = [int(v) for v in l2_ids]
+        out: dict[int, dict[int, np.ndarray]] = {i: {} for i in ids}
+        ms = read_ms(time_stamp)
+        con = self._con()
+        for i in range(0, len(ids), _BATCH):
+            batch = json.dumps(ids[i : i + _BATCH])
+            for nid, layer, blob in con.execute(
+                "SELECT c.node, c.layer, c.edges FROM json_each(?) j JOIN cross_edges c ON c.node = j.value "
+                "WHERE c.ts <= ? ORDER BY c.ts", (batch, ms)
+            ):
+                out[int(nid)][int(layer)] = _ids(blob).reshape(-1, 2)  # newest cell wins
+        return out
+
+    # ---- writes -----------------------------------------------------------------------------
+    def write_nodes(self, node_ids: np.ndarray, children: Sequence[np.ndarray], time_stamp: TimeStamp) -> None:
+        ms = write_ms(time_stamp)
+        con = self._con()
+        con.executemany(
+            "INSERT INTO nodes VALUES (?, ?, ?)",
+            ((int(n), ms, _blob(c)) for n, c in zip(node_ids, children)),
+        )
+        con.executemany(
+            "INSERT OR REPLACE INTO parents VALUES (?, ?, ?)",
+            ((int(c), ms, int(n)) for n, cs in zip(node_ids, children) for c in cs),
+        )
+        con.commit()
+
+    def write_cross_edges(self, l2_ids: np.ndarray, layers: np.ndarray, edges: Sequence[np.ndarray],
+                          time_stamp: TimeStamp) -> None:
+        ms = write_ms(time_stamp)
+        con = self._con()
+        con.executemany(
+            "INSERT OR REPLACE INTO cross_edges VALUES (?, ?, ?, ?)",
+            ((int(n), int(l), ms, _blob(e)) for n, l, e in zip(l2_ids, layers, edges)),
+        )
+        con.commit()
+
+    def node_count_by_layer(self) -> dict[int, int]:
+        """Nodes per layer (layer 1 counted from parent cells): for summaries and tests."""
+        con = self._con()
+        counts: dict[int, int] = {}
+        for (nid,) in con.execute("SELECT id FROM nodes"):
+            layer = nid >> (64 - self.meta.graph_config.layer_id_bits)
+            counts[layer] = counts.get(layer, 0) + 1
+        counts[1] = con.execute("SELECT COUNT(DISTINCT node) FROM parents WHERE node >> 56 = 1").fetchone()[0]
+        return dict(sorted(counts.items()))

@@ -1,0 +1,90 @@
+"""Output and input key-value storage on tensorstore's kvstore drivers.
+
+Paths are URLs (``file:///abs``, ``gs://bucket/x``, ``s3://...``, ``memory://``); a bare local
+path is turned into ``file://``. Writes go through tensorstore, whose file driver writes a
+temporary file and renames it, and whose cloud drivers upload whole objects: every file is
+written whole or not at all, which is what lets a killed job resume.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+
+import tensorstore as ts
+
+
+class StorageError(RuntimeError):
+    """A path that cannot be opened, or a read that failed."""
+
+
+def normalize_url(path: str) -> str:
+    """``/a/b`` -> ``file:///a/b/``; URLs keep their scheme. Always ends with a slash (a folder)."""
+    if "://" not in path:
+        path = "file://" + os.path.abspath(os.path.expanduser(path))
+    if path.startswith("precomputed://"):
+        path = path[len("precomputed://") :]
+    return path.rstrip("/") + "/"
+
+
+def join(base: str, *parts: str) -> str:
+    return normalize_url(base) + "/".join(p.strip("/") for p in parts)
+
+
+def local_path(url: str) -> str | None:
+    """The filesystem path of a ``file://`` URL, else None."""
+    url = normalize_url(url)
+    return url[len("file://") :].rstrip("/") if url.startswith("file://") else None
+
+
+@lru_cache(maxsize=64)
+def _kvstore(base: str) -> ts.KvStore:
+    try:
+        return ts.KvStore.open(base).result()
+    except Exception as exc:  # tensorstore raises ValueError for unknown schemes and bad URLs
+        raise StorageError(f"cannot open storage {base!r}: {exc}") from exc
+
+
+class Bucket:
+    """A folder in some kvstore: read, write (atomically) and list keys below it."""
+
+    def __init__(self, base: str):
+        self.base = normalize_url(base)
+        self._kv = _kvstore(self.base)
+
+    def __reduce__(self):  # tensorstore handles do not pickle; reopen on the other side
+        return (Bucket, (self.base,))
+
+    def read(self, key: str) -> bytes | None:
+        """The object's bytes, or None when it does not exist."""
+        try:
+            result = self._kv.read(key).result()
+        except Exception as exc:
+            raise StorageError(f"reading {self.base}{key} failed: {exc}") from exc
+        return bytes(result.value) if result.state == "value" else None
+
+    def read_range(self, key: str, start: int, stop: int) -> bytes | None:
+        """Bytes ``[start, stop)`` of an object (one ranged read: a minishard index, a fragment)."""
+        try:
+            result = self._kv.read(key, byte_range=slice(start, stop)).result()
+        except Exception as exc:
+            raise StorageError(f"reading {self.base}{key}[{start}:{stop}] failed: {exc}") from exc
+        return bytes(result.value) if result.state == "value" else None
+
+    def exists(self, key: str) -> bool:
+        return self.read(key) is not None
+
+    def write(self, key: str, data: bytes) -> None:
+        try:
+            self._kv.write(key, data).result()
+        except Exception as exc:
+            raise StorageError(f"writing {self.base}{key} failed: {exc}") from exc
+
+    def delete(self, key: str) -> None:
+        self._kv.delete(key).result()
+
+    def list(self, prefix: str = "") -> list[str]:
+        """Keys below the folder that start with ``prefix``, sorted."""
+        key_range = ts.KvStore.KeyRange(prefix, prefix + "\xff") if prefix else ts.KvStore.KeyRange()
+        keys = self._kv.list(key_range).result()
+        return sorted(k.decode() for k in keys)

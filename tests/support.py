@@ -1,0 +1,77 @@
+"""Constants and whole-graph invariants shared by the unit and integration test layers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+import cc3d
+import fastremap
+import numpy as np
+
+SHARED = Path(os.environ.get("RAYMESH_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+REAL_VOLUME = SHARED / "data" / "connectomics.npy.ckl.gz"
+SYNTH_RES = (16.0, 16.0, 40.0)
+SYNTH_CHUNK = (32, 32, 16)
+
+
+def sv_to_root(store, svs: np.ndarray) -> dict[int, int]:
+    roots = store.get_roots(svs)
+    assert np.all(roots != 0), "every supervoxel has a root"
+    assert np.all(store.get_chunk_layer(roots) == store.meta.layer_count), "roots are at the root layer"
+    return dict(zip(svs.tolist(), roots.tolist()))
+
+
+def assert_roots_partition_objects(store, sv_volume: np.ndarray, objects: np.ndarray) -> int:
+    """Roots partition the voxels exactly as the 6-connected components of each object.
+
+    Checked in two exact steps that avoid per-voxel root volumes: every supervoxel lies inside
+    one component (a full-volume unique of packed (supervoxel, component) keys), then roots and
+    components induce the same partition of the supervoxels.
+    """
+    assert np.array_equal(sv_volume != 0, objects != 0), "supervoxels cover exactly the labelled voxels"
+    components = cc3d.connected_components(objects, connectivity=6, out_dtype=np.uint64)
+    dense, remap = fastremap.renumber(sv_volume, in_place=False)
+    keys = fastremap.unique(dense.astype(np.uint64) * np.uint64(components.max() + 1) + components)
+    keys = keys[keys != 0]
+    sv_index, comp = keys // np.uint64(components.max() + 1), keys % np.uint64(components.max() + 1)
+    assert len(np.unique(sv_index)) == len(sv_index), "a supervoxel spans two components"
+    inverse = {v: k for k, v in remap.items()}
+    svs = np.array([inverse[int(i)] for i in sv_index], dtype=np.uint64)
+    mapping = sv_to_root(store, svs)
+    roots = np.array([mapping[int(s)] for s in svs], dtype=np.uint64)
+    pairs = {(int(r), int(c)) for r, c in zip(roots, comp)}
+    n_roots, n_comps = len(set(roots.tolist())), len(set(comp.tolist()))
+    assert len(pairs) == n_roots == n_comps, f"{len(pairs)} pairs, {n_roots} roots, {n_comps} components"
+    return n_roots
+
+
+def assert_ids_in_their_chunks(store, sv_volume: np.ndarray, chunk_size) -> None:
+    """Every supervoxel id names the chunk holding its voxels; every node's chunk holds its children."""
+    layout = store.layout
+    rng = np.random.default_rng(0)
+    pos = rng.integers(0, sv_volume.shape, size=(200_000, 3))
+    svs = sv_volume[pos[:, 0], pos[:, 1], pos[:, 2]]
+    pos, svs = pos[svs != 0], svs[svs != 0]
+    assert np.all(layout.get_chunk_layer(svs) == 1)
+    assert np.array_equal(layout.get_chunk_coordinates(svs), pos // np.asarray(chunk_size))
+    frontier = np.unique(svs)
+    while len(frontier):
+        parents = store.get_parents(frontier, fail_to_zero=True)
+        keep = parents != 0
+        child, parent = frontier[keep], parents[keep]
+        lp, lc = layout.get_chunk_layer(parent), np.maximum(layout.get_chunk_layer(child), 2)
+        assert np.all(lp > layout.get_chunk_layer(child)), "a parent sits above its child"
+        expect = layout.get_chunk_coordinates(child) // (2 ** (lp - lc))[:, None]
+        assert np.array_equal(layout.get_chunk_coordinates(parent), expect)
+        frontier = np.unique(parent)
+
+
+def assert_skip_rule(store) -> None:
+    """Parents more than one layer above a child have exactly that one child (PCG's skip rule)."""
+    layout = store.layout
+    for layer in range(3, layout.n_layers + 1):
+        for cx, cy, cz in layout.iter_chunk_coords(layer):
+            for node, kids in store.range_read_chunk(layout.chunk_id(layer, cx, cy, cz)).items():
+                assert len(kids) >= 1
+                if np.any(layout.get_chunk_layer(kids) < layer - 1):
+                    assert len(kids) == 1, f"skip parent {node} has {len(kids)} children"
