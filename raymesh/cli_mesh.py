@@ -1,7 +1,92 @@
-"""Meshing subcommands (filled in by the meshing modules)."""
+"""Meshing subcommands: ``raymesh mesh`` and ``raymesh info``."""
 
-MESH_COMMANDS: dict = {}
+from __future__ import annotations
+
+import json
+
+from raymesh.errors import ConfigError
+
+
+def parse_layers(text: str) -> list[int]:
+    """``2`` -> [2]; ``2-7`` -> [2..7]; ``2,3,4`` -> [2, 3, 4]."""
+    try:
+        if "-" in text:
+            lo, hi = (int(v) for v in text.split("-", 1))
+            return list(range(lo, hi + 1))
+        return [int(v) for v in text.split(",")]
+    except ValueError as exc:
+        raise ConfigError(f"--layers {text!r} is not a layer, a range like 2-7 or a list like 2,3") from exc
 
 
 def add_mesh_commands(sub) -> None:
-    return None
+    p = sub.add_parser("mesh", help="mesh layers of a graph into PCG's sharded format")
+    p.add_argument("--graph", help="graph store URL (sqlite:///..., bigtable://...)")
+    p.add_argument("--config", help="YAML job config (configs/); flags override it")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--layer", type=int, help="one layer")
+    g.add_argument("--layers", help="a range like 2-7, or a list like 2,3")
+    g.add_argument("--max-layer", type=int, help="layers 2..N")
+    p.add_argument("--chunk-start", type=int, nargs=3, metavar=("X", "Y", "Z"))
+    p.add_argument("--chunk-end", type=int, nargs=3, metavar=("X", "Y", "Z"))
+    p.add_argument("--mip", type=int)
+    p.add_argument("--max-error", type=float)
+    p.add_argument("--mesh-dir")
+    p.add_argument("--time-stamp", type=float, help="POSIX seconds (graph state to mesh)")
+    p.add_argument("--dust-threshold", type=int)
+    p.add_argument("--workers", type=int, help="local Ray CPUs")
+    p.add_argument("--address", help="Ray address: auto, ray://host:10001")
+    p.add_argument("--executor", choices=["ray", "serial"])
+    p.add_argument("--force", action="store_true", default=None, help="redo chunks already written")
+    p.add_argument("--summary-json", help="also write the run summary JSON to this file")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    i = sub.add_parser("info", help="print the graphene info a PCG server would serve for the graph")
+    i.add_argument("--graph", required=True)
+    i.add_argument("--mesh-dir")
+
+
+def config_from_args(args):
+    from raymesh.config import load_config
+
+    layers = None
+    if args.layer is not None:
+        layers = [args.layer]
+    elif args.layers:
+        layers = parse_layers(args.layers)
+    elif args.max_layer is not None:
+        layers = list(range(2, args.max_layer + 1))
+    return load_config(args.config, graph=args.graph, layers=layers, chunk_start=args.chunk_start,
+                       chunk_end=args.chunk_end, mip=args.mip, max_error=args.max_error,
+                       mesh_dir=args.mesh_dir, time_stamp=args.time_stamp,
+                       dust_threshold=args.dust_threshold, workers=args.workers, address=args.address,
+                       executor=args.executor, force=args.force)
+
+
+def cmd_mesh(args) -> int:
+    from raymesh.driver import run
+
+    summary = run(config_from_args(args), progress=not args.quiet)
+    for layer in summary.layers:
+        print(f"layer {layer.layer}: {layer.chunks} chunks ({layer.chunks_skipped} already done), "
+              f"{layer.fragments} meshes of {layer.nodes} nodes, {layer.bytes_written} bytes, "
+              f"{len(layer.failures)} failures, {layer.seconds:.1f} s")
+        for failure in layer.failures:
+            print(f"  failed: {failure}")
+    print(f"meshes: {summary.mesh_path}")
+    text = summary.to_json()
+    print(text)
+    if args.summary_json:
+        with open(args.summary_json, "w") as f:
+            f.write(text)
+    return 1 if any(layer.failures for layer in summary.layers) else 0
+
+
+def cmd_info(args) -> int:
+    from raymesh.graph import open_store
+    from raymesh.mesh_layout import graphene_info
+
+    print(json.dumps(graphene_info(open_store(args.graph).meta, args.mesh_dir), indent=2))
+    return 0
+
+
+MESH_COMMANDS = {"mesh": cmd_mesh, "info": cmd_info}

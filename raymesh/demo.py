@@ -18,6 +18,15 @@ def run_demo(out: str, workers: int = 2) -> int:
     print(f"graph: {summary.store_url} ({'reused' if summary.already_built else 'built'})")
     print(json.dumps(summary.to_dict()))
     print(f"segmentation: {summary.segmentation}")
+    from raymesh.config import MeshConfig
+    from raymesh.driver import run
+
+    result = run(MeshConfig(graph=summary.store_url, layers=[2], mip=0, workers=workers))
+    for layer in result.layers:
+        print(f"layer {layer.layer}: {layer.fragments} meshes in {layer.chunks} chunks "
+              f"({layer.chunks_skipped} already done), {len(layer.failures)} failures")
+    print(f"meshes: {result.mesh_path}")
+    print(f"graphene info for CloudVolume: raymesh info --graph {summary.store_url}")
     return 0
 
 

@@ -1,0 +1,30 @@
+"""Executors: how tasks run, kept apart from what they compute (webknossos cluster_tools style).
+
+The driver hands an executor a function and a stream of items and consumes results as they
+finish. ``SerialExecutor`` runs them in-process, in order, for debugging and unit tests; the Ray
+executor lives in ``actors/`` so the library never imports Ray.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Iterator, Protocol, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class Executor(Protocol):
+    def imap_unordered(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]: ...
+
+    def shutdown(self) -> None: ...
+
+
+class SerialExecutor:
+    """Runs each item in this process, one after another."""
+
+    def imap_unordered(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
+        for item in items:
+            yield fn(item)
+
+    def shutdown(self) -> None:
+        pass

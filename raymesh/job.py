@@ -1,0 +1,211 @@
+"""One meshing job: its plan (validated layers and chunk ranges), the per-chunk task body, the
+metadata written at the end, and the run summary.
+
+A ``MeshJob`` pickles as its config, so Ray tasks receive it cheaply and reopen the store,
+segmentation and output on the worker.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from typing import Iterator
+
+import numpy as np
+
+from raymesh.config import MeshConfig
+from raymesh.draco import MeshGrid
+from raymesh.errors import ConfigError, MeshingError
+from raymesh.graph import open_store
+from raymesh.graph.base import read_ms, to_datetime, utcnow
+from raymesh.mesh_layout import default_sharding, mesh_info, mesh_metadata, shard_key
+from raymesh.sharding import ShardingSpec, synthesize_shard
+from raymesh.storage import Bucket, join
+
+
+@dataclass
+class ChunkStats:
+    layer: int
+    chunk: tuple[int, int, int]
+    nodes: int = 0
+    fragments: int = 0
+    bytes_written: int = 0
+    failures: list[str] = field(default_factory=list)
+    skipped: bool = False
+    seconds: float = 0.0
+
+
+@dataclass
+class LayerSummary:
+    layer: int
+    chunks: int = 0
+    chunks_skipped: int = 0
+    nodes: int = 0
+    fragments: int = 0
+    bytes_written: int = 0
+    failures: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def add(self, s: ChunkStats) -> None:
+        self.chunks += 1
+        self.chunks_skipped += int(s.skipped)
+        self.nodes += s.nodes
+        self.fragments += s.fragments
+        self.bytes_written += s.bytes_written
+        self.failures.extend(f"chunk {s.chunk}: {f}" for f in s.failures)
+
+
+@dataclass
+class RunSummary:
+    graph: str
+    mesh_path: str
+    layers: list[LayerSummary] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+
+class MeshJob:
+    def __init__(self, config: MeshConfig):
+        self.config = config
+        self.time_stamp = to_datetime(config.time_stamp) if config.time_stamp is not None else utcnow()
+
+    def __reduce__(self):
+        return (_restore_job, (self.config, self.time_stamp.timestamp()))
+
+    # ---- resources opened lazily (also on Ray workers) ----------------------------------------
+    @cached_property
+    def store(self):
+        return open_store(self.config.graph)
+
+    @cached_property
+    def meta(self):
+        return self.store.meta
+
+    @cached_property
+    def mip(self) -> int:
+        mip = self.config.mip
+        if mip is None:
+            mip = int(self.meta.mesh_settings().get("mip", 0))
+        if mip >= self.meta.mips:
+            raise ConfigError(
+                f"mip {mip} does not exist in the segmentation {self.meta.segmentation_path} "
+                f"(it has mips 0..{self.meta.mips - 1}); pass --mip with one of those"
+            )
+        return mip
+
+    @cached_property
+    def grid(self) -> MeshGrid:
+        return MeshGrid.from_meta(self.meta, self.mip)
+
+    @cached_property
+    def mesh_url(self) -> str:
+        return join(self.meta.segmentation_path, self.config.mesh_dir)
+
+    @cached_property
+    def bucket(self) -> Bucket:
+        return Bucket(self.mesh_url)
+
+    def sharding(self, layer: int) -> ShardingSpec:
+        override = self.config.sharding.get(layer)
+        if override is None:
+            return default_sharding(layer)
+        return ShardingSpec.from_json(override.model_dump(by_alias=True))
+
+    # ---- plan ---------------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Fail before any work: unknown graph, missing segmentation, bad mip, layers, range."""
+        n_layers = self.meta.layer_count
+        bad = [layer for layer in self.config.layers if layer > n_layers]
+        if bad:
+            raise ConfigError(f"layers {bad} do not exist: this graph has layers 2..{n_layers}")
+        _ = self.grid
+        for layer in self.config.layers:
+            self.chunk_range(layer)
+
+    def chunk_range(self, layer: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+        """``[start, end)`` chunk coordinates of a layer; a range outside the layer is an error."""
+        bounds = self.meta.layout.layer_chunk_bounds(layer)
+        if self.config.chunk_start is None:
+            return (0, 0, 0), bounds
+        start = tuple(int(v) for v in self.config.chunk_start)
+        end = tuple(int(v) for v in self.config.chunk_end)
+        if layer != self.config.layers[0]:
+            # A range names chunks of the first layer; higher layers cover the same region.
+            shift = 2 ** (layer - self.config.layers[0])
+            start = tuple(s // shift for s in start)
+            end = tuple(min(-(-e // shift), b) for e, b in zip(end, bounds))
+        if any(s < 0 or e > b or s >= e for s, e, b in zip(start, end, bounds)):
+            raise ConfigError(
+                f"chunk range {list(start)}..{list(end)} is outside layer {layer}, whose chunks are "
+                f"[0, 0, 0]..{list(bounds)} (end exclusive)"
+            )
+        return start, end  # type: ignore[return-value]
+
+    def iter_chunks(self, layer: int) -> Iterator[tuple[int, tuple[int, int, int]]]:
+        """Chunks of a layer, lazily (a layer can have millions)."""
+        start, end = self.chunk_range(layer)
+        for coords in self.meta.layout.iter_chunk_coords(layer, start, end):
+            yield layer, coords
+
+    def count_chunks(self, layer: int) -> int:
+        start, end = self.chunk_range(layer)
+        return int(np.prod(np.subtract(end, start)))
+
+    # ---- the task body ------------------------------------------------------------------------
+    def shard_path(self, layer: int, coords) -> str:
+        layout = self.meta.layout
+        return shard_key(layout, layer, int(layout.chunk_id(layer, *coords)))
+
+    def run_chunk(self, item: tuple[int, tuple[int, int, int]]) -> ChunkStats:
+        """Mesh one chunk and write its shard whole (or skip it when a previous run wrote it)."""
+        layer, coords = item
+        t0 = time.perf_counter()
+        key = self.shard_path(layer, coords)
+        if not self.config.force and self.bucket.exists(key):
+            return ChunkStats(layer, tuple(coords), skipped=True)
+        if layer == 2:
+            from raymesh.l2 import mesh_l2_chunk
+
+            result = mesh_l2_chunk(self.store, self.grid, coords, time_stamp=self.time_stamp,
+                                   max_error=self.config.max_error, dust_threshold=self.config.dust_threshold)
+        else:
+            raise MeshingError(f"layer {layer} stitching is not available in this version")
+        data = synthesize_shard(result.fragments, self.sharding(layer))
+        self.bucket.write(key, data)
+        return ChunkStats(layer, tuple(coords), nodes=result.n_nodes, fragments=len(result.fragments),
+                          bytes_written=len(data), failures=result.failures,
+                          seconds=time.perf_counter() - t0)
+
+    # ---- metadata -----------------------------------------------------------------------------
+    def write_metadata(self, max_layer: int) -> None:
+        """Mesh info, the segmentation's mesh + mesh_metadata, and the graph's custom_data mesh."""
+        grid = self.grid
+        shardings = {layer: self.sharding(layer) for layer in range(2, self.meta.layer_count + 1)}
+        self.bucket.write("info", json.dumps(mesh_info(self.meta, self.mip, shardings, grid.distortion),
+                                             indent=2).encode())
+        uniform = grid.uniform_grid_size(max_layer)
+        per_layer = {}
+        if uniform is None:
+            settings = grid.chunk_settings(int(self.meta.layout.chunk_id(2, 0, 0, 0)))
+            per_layer[2] = settings.bin
+        ws = Bucket(self.meta.segmentation_path)
+        info = json.loads(ws.read("info"))
+        info["mesh"] = self.config.mesh_dir
+        info["mesh_metadata"] = mesh_metadata(uniform, per_layer, max_layer)
+        ws.write("info", json.dumps(info, indent=2).encode())
+        meta = self.store.meta
+        meta.custom_data["mesh"] = {
+            "max_layer": int(max_layer), "mip": int(self.mip), "max_error": float(self.config.max_error),
+            "dir": self.config.mesh_dir, "initial_ts": read_ms(self.time_stamp) / 1000 + 0.001,
+        }
+        self.store.update_meta(meta)
+
+
+def _restore_job(config: MeshConfig, ts: float) -> MeshJob:
+    job = MeshJob(config)
+    job.time_stamp = to_datetime(ts)
+    return job

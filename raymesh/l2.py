@@ -1,0 +1,82 @@
+"""Layer-2 meshing of one chunk (pcg-compat.md 6): labels in, ``{node id: Draco bytes}`` out.
+
+``mesh_block`` is the pure kernel (marching cubes, simplification, offset, Draco). ``read_l2_block``
+and ``mesh_l2_chunk`` add the segmentation read and the graph remap; the runtime decides where
+and when they run and writes the shard.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import zmesh
+
+from raymesh.draco import DracoError, DracoSettings, MeshGrid, encode
+from raymesh.remap import fetch_neighbourhood, remap_chunk
+from raymesh.volume import read_block
+
+REDUCTION_FACTOR = 100
+OVERLAP = 1
+
+
+@dataclass
+class ChunkMeshes:
+    """What one chunk produced: fragments to write and failures to report (never dropped)."""
+
+    chunk_id: int
+    layer: int
+    fragments: dict[int, bytes] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    n_nodes: int = 0
+
+
+def mesh_block(labels: np.ndarray, offset_nm: np.ndarray, resolution, settings: DracoSettings,
+               max_error: float = 40, reduction_factor: int = REDUCTION_FACTOR,
+               chunk_id: int = 0, layer: int = 2) -> ChunkMeshes:
+    """zmesh marching cubes + simplification of every label, shifted to nm, Draco-encoded."""
+    out = ChunkMeshes(chunk_id=chunk_id, layer=layer)
+    mesher = zmesh.Mesher(tuple(float(r) for r in resolution))
+    mesher.mesh(np.ascontiguousarray(labels))
+    for label in sorted(int(i) for i in mesher.ids()):
+        if label == 0:
+            continue
+        mesh = mesher.get(label, normals=False, reduction_factor=reduction_factor, max_error=max_error)
+        mesher.erase(label)
+        out.n_nodes += 1
+        vertices = mesh.vertices.astype(np.float64) + offset_nm
+        try:
+            out.fragments[label] = encode(vertices, mesh.faces, settings)
+        except DracoError as exc:
+            out.failures.append(f"{label} failed: {len(mesh.vertices)} vertices, {len(mesh.faces)} faces ({exc})")
+    mesher.clear()
+    return out
+
+
+def l2_read_bounds(grid: MeshGrid, coords, size_at_mip, offset_at_mip) -> tuple[np.ndarray, np.ndarray]:
+    """``[start, end)`` of a chunk at the mesh mip with +1 overlap, clipped to the dataset."""
+    mip_chunk = grid.block_shape(2)
+    lo_bound = np.asarray(offset_at_mip)
+    hi_bound = lo_bound + np.asarray(size_at_mip)
+    start = lo_bound + np.asarray(coords) * mip_chunk
+    end = np.minimum(start + mip_chunk + OVERLAP, hi_bound)
+    return np.clip(start, lo_bound, hi_bound), end
+
+
+def read_l2_block(meta, grid: MeshGrid, coords) -> np.ndarray:
+    start, end = l2_read_bounds(grid, coords, meta.size_at(grid.mip), meta.voxel_offset_at(grid.mip))
+    return read_block(meta.segmentation_path, grid.mip, start, end)
+
+
+def mesh_l2_chunk(store, grid: MeshGrid, coords, *, time_stamp=None, max_error: float = 40,
+                  dust_threshold: int | None = None) -> ChunkMeshes:
+    """Read, remap and mesh one layer-2 chunk."""
+    layout = grid.layout
+    chunk_id = int(layout.chunk_id(2, *coords))
+    seg = read_l2_block(store.meta, grid, coords)
+    hood = fetch_neighbourhood(store, coords, time_stamp=time_stamp)
+    labels = remap_chunk(seg, hood, dust_threshold=dust_threshold)
+    result = mesh_block(labels, grid.chunk_offset(chunk_id), grid.resolution, grid.chunk_settings(chunk_id),
+                        max_error=max_error, chunk_id=chunk_id)
+    result.n_nodes = len(hood.own)
+    return result

@@ -1,0 +1,84 @@
+"""Where mesh files go and the metadata readers need (pcg-compat.md sections 3 and 4).
+
+    <segmentation>/<mesh dir>/info
+    <segmentation>/<mesh dir>/initial/<layer>/<chunk position>-0.shard
+    <segmentation>/<mesh dir>/dynamic/<node>:0:<bbox>
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Mapping
+
+import numpy as np
+
+from raymesh.sharding import ShardingSpec
+
+INITIAL = "initial"
+DYNAMIC = "dynamic"
+
+
+def default_sharding(layer: int) -> ShardingSpec:
+    """Murmurhash, one file per chunk (shard_bits 0, as PCG's readers require), gzip indices.
+
+    Minishard bits grow with the layer (2 + L, capped at 10 as minnie65 uses): higher chunks hold
+    more meshes, and a small index keeps low-layer shards (mostly few meshes) small.
+    """
+    return ShardingSpec(minishard_bits=min(10, 2 + int(layer)), shard_bits=0,
+                        minishard_index_encoding="gzip", data_encoding="raw")
+
+
+def shard_key(layout, layer: int, chunk_id: int) -> str:
+    """Path of a chunk's shard below the mesh directory."""
+    return f"{INITIAL}/{int(layer)}/{int(layout.chunk_position_number(chunk_id))}-0.shard"
+
+
+def dynamic_name(layout, chunk_size, node_id: int) -> str:
+    """``{node}:0:{x0-x1_y0-y1_z0-z1}``: the node's chunk extent in graph voxels, no offset."""
+    layer = int(layout.get_chunk_layer(node_id))
+    extent = np.asarray(chunk_size, dtype=np.int64) * 2 ** max(0, layer - 2)
+    lo = layout.get_chunk_coordinates(node_id) * extent
+    hi = lo + extent
+    return f"{int(node_id)}:0:" + "_".join(f"{a}-{b}" for a, b in zip(lo.tolist(), hi.tolist()))
+
+
+def mesh_info(meta, mip: int, sharding: Mapping[int, ShardingSpec], distortion) -> dict[str, Any]:
+    """The mesh directory's own info: CloudVolume treats the source as sharded iff it has ``sharding``."""
+    chunk = (np.asarray(meta.chunk_size) // np.asarray(distortion)).astype(int).tolist()
+    return {"@type": "neuroglancer_legacy_mesh", "mip": int(mip), "chunk_size": chunk,
+            "spatial_index": None, "sharding": {str(k): v.to_json() for k, v in sorted(sharding.items())}}
+
+
+def mesh_metadata(grid_size: int | None, grid_sizes: Mapping[int, int], max_layer: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"unsharded_mesh_dir": DYNAMIC, "max_meshed_layer": int(max_layer)}
+    if grid_size is not None:
+        out["uniform_draco_grid_size"] = int(grid_size)
+    else:
+        out["draco_grid_sizes"] = {str(k): int(v) for k, v in grid_sizes.items()}
+    return out
+
+
+def graphene_info(meta, mesh_dir: str | None = None) -> dict[str, Any]:
+    """The info a PCG server serves for this graph (``/segmentation/table/<graph>/info``)."""
+    info = copy.deepcopy(meta.ws_info)
+    layout = meta.layout
+    mesh = dict(meta.custom_data.get("mesh") or {})
+    mesh_dir = mesh_dir or mesh.get("dir") or info.get("mesh") or "graphene_meshes"
+    info.update({
+        "data_dir": meta.segmentation_path.rstrip("/"),
+        "chunks_start_at_voxel_offset": True,
+        "graph": {
+            "chunk_size": [int(c) for c in meta.chunk_size],
+            "bounding_box": [2048, 2048, 512],
+            "n_bits_for_layer_id": meta.graph_config.layer_id_bits,
+            "cv_mip": meta.data_source.cv_mip,
+            "n_layers": layout.n_layers,
+            "spatial_bit_masks": layout.spatial_bit_masks(),
+        },
+        "mesh": mesh_dir,
+        "mesh_dir": mesh_dir,
+        "app": {"supported_api_versions": [0, 1]},
+        "sharded_mesh": True,
+        "verify_mesh": bool(mesh.get("verify", False)),
+    })
+    return info

@@ -1,0 +1,154 @@
+"""Supervoxel -> layer-2 id remapping of one chunk, with the overlap resolution of pcg-compat.md 6.3.
+
+Each layer-2 mesh extends one voxel into its positive neighbours, but only where those voxels
+belong to the same object. ``fetch_neighbourhood`` does the graph reads (a few batched round
+trips); ``remap_chunk`` is pure (arrays in, array out) so it is tested without a graph.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import cc3d
+import numpy as np
+
+from raymesh.ids import ChunkLayout, GraphLayoutError
+
+
+@dataclass
+class Neighbourhood:
+    """The layer-2 nodes of a chunk and its 7 positive neighbours, and their stop-layer ancestors."""
+
+    stop_layer: int
+    own: dict[int, np.ndarray]  # l2 id -> supervoxels, this chunk
+    others: dict[int, np.ndarray]  # l2 id -> supervoxels, neighbour chunks
+    ancestor: dict[int, int]  # l2 id -> ancestor at stop_layer (0 = broken chain)
+
+
+def neighbour_chunks(layout: ChunkLayout, coords) -> list[int]:
+    """The 2x2x2 neighbourhood (x outer, z inner, the chunk first), skipping unrepresentable ones."""
+    cx, cy, cz = (int(c) for c in coords)
+    out = []
+    for x in (cx, cx + 1):
+        for y in (cy, cy + 1):
+            for z in (cz, cz + 1):
+                try:
+                    out.append(int(layout.chunk_id(2, x, y, z)))
+                except GraphLayoutError:
+                    continue
+    return out
+
+
+def latest_l2_nodes(rows: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+    """Newest nodes first; a node is dropped if its first supervoxel was already claimed (it was
+    superseded by an edit). Segment ids grow with creation time, so descending id = newest first."""
+    claimed: set[int] = set()
+    kept: dict[int, np.ndarray] = {}
+    for node in sorted(rows, reverse=True):
+        kids = rows[node]
+        if not len(kids) or int(kids[0]) in claimed:
+            continue
+        kept[node] = kids
+        claimed.update(int(k) for k in kids)
+    return kept
+
+
+def fetch_neighbourhood(store, coords, time_stamp=None) -> Neighbourhood:
+    """Graph reads for one chunk: 8 chunk range reads and one batched ancestor walk.
+
+    Ancestors are taken at ``time_stamp`` (PCG takes them at "now", pcg-compat.md 10.1; for
+    initial meshing right after ingest both agree, and T is the faithful choice).
+    """
+    layout = store.layout
+    stop = layout.stop_layer(coords)
+    chunks = neighbour_chunks(layout, coords)
+    own: dict[int, np.ndarray] = {}
+    others: dict[int, np.ndarray] = {}
+    for i, chunk in enumerate(chunks):
+        nodes = latest_l2_nodes(store.range_read_chunk(chunk, time_stamp=time_stamp))
+        (own if i == 0 else others).update(nodes)
+    ids = np.array(sorted(own) + sorted(others), dtype=np.uint64)
+    anc = store.get_roots(ids, stop_layer=stop, time_stamp=time_stamp, fail_to_zero=True) if len(ids) else ids
+    return Neighbourhood(stop, own, others, dict(zip(ids.tolist(), np.asarray(anc).tolist())))
+
+
+def supervoxel_map(hood: Neighbourhood) -> tuple[dict[int, int], dict[int, list[int]]]:
+    """``{sv: label}`` and the unsafe placeholders ``{ancestor: candidate l2 ids}`` (6.3 steps 3-4)."""
+    anc = hood.ancestor
+    counts = Counter(anc[n] for n in hood.own)
+    members: dict[int, list[int]] = {}
+    for n in list(hood.own) + list(hood.others):
+        members.setdefault(anc[n], []).append(n)
+    svs = {**hood.others, **hood.own}
+    mapping: dict[int, int] = {}
+    unsafe_own = {n for n in hood.own if counts[anc[n]] > 1}
+    for s in hood.own:
+        if s in unsafe_own:
+            continue
+        for n in members[anc[s]]:
+            mapping.update(dict.fromkeys(svs[n].tolist(), s))
+    for u in unsafe_own:
+        mapping.update(dict.fromkeys(svs[u].tolist(), u))
+    unsafe: dict[int, list[int]] = {}
+    for a in sorted({anc[u] for u in unsafe_own}):
+        if a == 0:
+            # Broken chains share "ancestor 0"; a placeholder 0 would be background. PCG's output
+            # for this case is ill-defined (it labels background); orphans get no overlap here.
+            continue
+        if all(n in unsafe_own for n in members[a]):
+            continue
+        unsafe[a] = members[a]
+        for n in members[a]:
+            if n not in hood.own:
+                mapping.update(dict.fromkeys(svs[n].tolist(), a))
+    return mapping, unsafe
+
+
+def relabel(seg: np.ndarray, mapping: dict[int, int]) -> np.ndarray:
+    """Every voxel to its label; supervoxels not in the map to 0."""
+    if not mapping:
+        return np.zeros(seg.shape, dtype=np.uint64)
+    keys = np.fromiter(mapping.keys(), dtype=np.uint64, count=len(mapping))
+    vals = np.fromiter(mapping.values(), dtype=np.uint64, count=len(mapping))
+    order = np.argsort(keys)
+    keys, vals = keys[order], vals[order]
+    pos = np.minimum(np.searchsorted(keys, seg), len(keys) - 1)
+    return np.where(keys[pos] == seg, vals[pos], np.uint64(0))
+
+
+def resolve_placeholders(seg: np.ndarray, unsafe: dict[int, list[int]]) -> np.ndarray:
+    """Give each overlap component of a placeholder to the smallest candidate behind it (6.3 step 6)."""
+    for a, candidates in unsafe.items():
+        mask = seg == np.uint64(a)
+        if not mask.any():
+            continue
+        comps = cc3d.connected_components(mask, connectivity=6)
+        allowed = np.asarray(sorted(candidates), dtype=np.uint64)
+        for c in range(1, int(comps.max()) + 1):
+            comp = comps == c
+            behind = np.concatenate([
+                seg[-2, :, :][comp[-1, :, :]], seg[:, -2, :][comp[:, -1, :]], seg[:, :, -2][comp[:, :, -1]],
+            ]) if min(seg.shape) > 1 else np.empty(0, np.uint64)
+            hits = np.intersect1d(np.unique(behind), allowed)
+            seg[comp] = hits[0] if len(hits) else 0
+    return seg
+
+
+def remove_dust(seg: np.ndarray, threshold: int) -> np.ndarray:
+    """Drop labels smaller than ``threshold`` voxels that do not reach the positive faces (6.5)."""
+    labels, counts = np.unique(seg, return_counts=True)
+    border = np.unique(np.concatenate([seg[-2:, :, :].ravel(), seg[:, -2:, :].ravel(), seg[:, :, -2:].ravel()]))
+    dust = labels[(counts < threshold) & ~np.isin(labels, border) & (labels != 0)]
+    if len(dust):
+        seg[np.isin(seg, dust)] = 0
+    return seg
+
+
+def remap_chunk(seg: np.ndarray, hood: Neighbourhood, dust_threshold: int | None = None) -> np.ndarray:
+    """Supervoxel block (chunk + overlap) -> layer-2 labels, overlap resolved."""
+    mapping, unsafe = supervoxel_map(hood)
+    out = resolve_placeholders(relabel(np.asarray(seg, dtype=np.uint64), mapping), unsafe)
+    if dust_threshold:
+        out = remove_dust(out, int(dust_threshold))
+    return out
