@@ -127,9 +127,12 @@ def resolve_placeholders(seg: np.ndarray, unsafe: dict[int, list[int]]) -> np.nd
         allowed = np.asarray(sorted(candidates), dtype=np.uint64)
         for c in range(1, int(comps.max()) + 1):
             comp = comps == c
-            behind = np.concatenate([
-                seg[-2, :, :][comp[-1, :, :]], seg[:, -2, :][comp[:, -1, :]], seg[:, :, -2][comp[:, :, -1]],
-            ]) if min(seg.shape) > 1 else np.empty(0, np.uint64)
+            behind = [np.empty(0, np.uint64)]
+            for axis in range(3):
+                if seg.shape[axis] > 1:  # labels just inside the last plane, where C touches it
+                    last = np.take(comp, -1, axis=axis)
+                    behind.append(np.take(seg, -2, axis=axis)[last])
+            behind = np.concatenate(behind)
             hits = np.intersect1d(np.unique(behind), allowed)
             seg[comp] = hits[0] if len(hits) else 0
     return seg

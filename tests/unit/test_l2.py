@@ -1,0 +1,114 @@
+"""Layer-2 meshing end to end with the serial executor (no Ray): content, seams, errors, resume."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from l2_checks import assert_matches_direct_zmesh, assert_seams_coincide, assert_within_chunk, chunk_fragments
+from raymesh.builder import build_graph
+from raymesh.config import MeshConfig, load_config
+from raymesh.draco import DracoSettings
+from raymesh.driver import run
+from raymesh.errors import ConfigError
+from raymesh.graph import open_store
+from raymesh.job import MeshJob
+from raymesh.l2 import mesh_block
+from raymesh.storage import Bucket
+from raymesh.volume import SegmentationError
+from support import SYNTH_CHUNK, SYNTH_RES
+
+
+@pytest.fixture
+def graph(synthetic, tmp_path):
+    labels, agg = synthetic
+    return build_graph(labels, str(tmp_path), resolution=SYNTH_RES, chunk_size=SYNTH_CHUNK, agglomeration=agg)
+
+
+def _config(graph, **kw):
+    return MeshConfig(graph=graph.store_url, layers=[2], mip=0, executor="serial", **kw)
+
+
+def test_every_node_meshed_matching_zmesh_with_seams(graph):
+    config = _config(graph, time_stamp=2e9)
+    summary = run(config, progress=False)
+    layer = summary.layers[0]
+    assert layer.failures == [] and layer.fragments == layer.nodes == graph.node_counts[2]
+    job = MeshJob(config)
+    for _, coords in job.iter_chunks(2):
+        assert_within_chunk(job, coords)
+        assert_matches_direct_zmesh(job, coords)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "zmesh 1.15 simplification removes some collinear open-boundary vertices on one side of a chunk "
+    "face but not the other, so seam vertex sets differ by a few vertices (issue 3 left open)"))
+def test_seam_vertices_coincide(graph):
+    config = _config(graph, time_stamp=2e9)
+    run(config, progress=False)
+    job = MeshJob(config)
+    seams = sum(assert_seams_coincide(job, coords, axis) for _, coords in job.iter_chunks(2) for axis in range(3))
+    assert seams > 50, "the synthetic objects cross chunk faces"
+
+
+def test_metadata(graph):
+    run(_config(graph), progress=False)
+    store = open_store(graph.store_url)
+    ws = json.loads(Bucket(store.meta.segmentation_path).read("info"))
+    assert ws["mesh"] == "graphene_meshes"
+    assert ws["mesh_metadata"] == {"unsharded_mesh_dir": "dynamic", "max_meshed_layer": 2,
+                                   "uniform_draco_grid_size": 11}  # floor(16/sqrt 2) at 16 nm
+    info = json.loads(Bucket(store.meta.segmentation_path + "/graphene_meshes").read("info"))
+    assert info["@type"] == "neuroglancer_legacy_mesh" and set(info["sharding"]) == {"2", "3", "4"}
+    mesh = store.meta.custom_data["mesh"]
+    assert {k: mesh[k] for k in ("max_layer", "mip", "max_error", "dir")} == \
+        {"max_layer": 2, "mip": 0, "max_error": 40.0, "dir": "graphene_meshes"}
+
+
+def test_deterministic_and_resumable(graph):
+    first = run(_config(graph, chunk_start=[0, 0, 0], chunk_end=[2, 3, 3]), progress=False)
+    assert first.layers[0].chunks == 18
+    job = MeshJob(_config(graph))
+    before = {c: chunk_fragments(job, c) for _, c in job.iter_chunks(2) if c[0] < 2}
+    resumed = run(_config(graph), progress=False)
+    assert resumed.layers[0].chunks_skipped == 18 and resumed.layers[0].chunks == 27
+    forced = run(_config(graph, force=True), progress=False)
+    assert forced.layers[0].chunks_skipped == 0
+    assert all(chunk_fragments(job, c) == frags for c, frags in before.items())
+
+
+def test_bad_inputs(graph, tmp_path):
+    with pytest.raises(ConfigError, match=r"outside layer 2, whose chunks are \[0, 0, 0\]..\[3, 3, 3\]"):
+        run(_config(graph, chunk_start=[0, 0, 0], chunk_end=[4, 1, 1]), progress=False)
+    with pytest.raises(ConfigError, match="mip 5 does not exist"):
+        run(MeshConfig(graph=graph.store_url, mip=5, executor="serial"), progress=False)
+    with pytest.raises(ConfigError, match="this graph has layers 2..4"):
+        run(MeshConfig(graph=graph.store_url, layers=[2, 9], executor="serial"), progress=False)
+    ws = graph.segmentation[len("file://"):]
+    shutil.move(ws, str(tmp_path / "moved"))
+    with pytest.raises(SegmentationError, match="no segmentation at"):
+        run(_config(graph), progress=False)
+
+
+def test_unencodable_mesh_is_reported_not_dropped():
+    labels = np.zeros((5, 5, 5), dtype=np.uint64)
+    labels[1:3, 1:3, 1:3] = 7
+    # Vertices that quantize to one point: Draco reports "All triangles are degenerate".
+    result = mesh_block(labels, np.full(3, np.inf), (1, 1, 1), DracoSettings(10, 1023, (0, 0, 0)))
+    assert result.fragments == {} and result.n_nodes == 1
+    assert len(result.failures) == 1 and result.failures[0].startswith("7 failed: ")
+
+
+def test_config_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("graph: sqlite:///x\nmax_eror: 3\n")
+    with pytest.raises(ConfigError, match="unknown key 'max_eror'"):
+        load_config(str(bad))
+    bad.write_text("graph: sqlite:///x\nmip: two\n")
+    with pytest.raises(ConfigError, match="'mip'"):
+        load_config(str(bad))
+    with pytest.raises(ConfigError, match="layers start at 2"):
+        load_config(None, graph="sqlite:///x", layers=[1, 2])
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(str(tmp_path / "missing.yaml"))
