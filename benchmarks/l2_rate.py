@@ -1,0 +1,67 @@
+"""Layer 2 end to end against the bare kernel on the same blocks (issue 3).
+
+    python -m benchmarks.l2_rate [--quick] [--repeats 3]
+
+End to end = segmentation read + graph remap + zmesh + Draco + shard write, through the job's task
+body in this process (one core). Kernel = zmesh + Draco on the same already-remapped blocks, no
+I/O, no graph. The figure is the ratio of their voxel rates (target >= 0.85), median of repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import numpy as np
+
+from benchmarks.common import emit, load_real_or_exit
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    labels = load_real_or_exit("l2_rate")
+    crop = (slice(128, 384), slice(128, 384), slice(192, 320)) if args.quick else (slice(None),) * 3
+    labels = np.asfortranarray(labels[crop])
+    from raymesh.builder import build_graph
+    from raymesh.config import MeshConfig
+    from raymesh.job import MeshJob
+    from raymesh.l2 import mesh_block, read_l2_block
+    from raymesh.remap import fetch_neighbourhood, remap_chunk
+
+    with tempfile.TemporaryDirectory() as out:
+        g = build_graph(labels, out, resolution=(8, 8, 40), chunk_size=(64, 64, 64))
+        job = MeshJob(MeshConfig(graph=g.store_url, mip=0, force=True, executor="serial"))
+        chunks = [c for _, c in job.iter_chunks(2)]
+        grid = job.grid
+        blocks = {c: remap_chunk(read_l2_block(job.meta, grid, c), fetch_neighbourhood(job.store, c))
+                  for c in chunks}
+        voxels = sum(b.size for b in blocks.values())
+        e2e, kernel = [], []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            for c in chunks:
+                job.run_chunk((2, c))
+            e2e.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            for c, block in blocks.items():
+                cid = int(grid.layout.chunk_id(2, *c))
+                mesh_block(block, grid.chunk_offset(cid), grid.resolution, grid.chunk_settings(cid))
+            kernel.append(time.perf_counter() - t0)
+    e2e_s, kernel_s = statistics.median(e2e), statistics.median(kernel)
+    emit("l2_rate", {
+        "end_to_end_seconds": round(e2e_s, 2), "kernel_seconds": round(kernel_s, 2),
+        "end_to_end_mvox_per_s": round(voxels / e2e_s / 1e6, 3),
+        "kernel_mvox_per_s": round(voxels / kernel_s / 1e6, 3),
+        "end_to_end_over_kernel_rate": round(kernel_s / e2e_s, 3),
+    }, {"volume": "connectomics.npy.ckl.gz", "shape": list(labels.shape), "chunk_size": [64, 64, 64],
+        "mip": 0, "resolution": [8, 8, 40], "chunks": len(chunks), "repeats": args.repeats,
+        "quick": args.quick, "workers": 1})
+
+
+if __name__ == "__main__":
+    main()
