@@ -64,6 +64,10 @@ class GraphStore(ABC):
     def meta(self) -> GraphMeta: ...
 
     @abstractmethod
+    def raw_meta(self) -> dict | None:
+        """The newest stored meta as a plain dict (no segmentation read), None if there is none."""
+
+    @abstractmethod
     def range_read_chunk(self, chunk_id: int, time_stamp: TimeStamp = None) -> dict[int, np.ndarray]:
         """Every node of the chunk created <= T, with its children (PCG ``range_read_chunk``)."""
 

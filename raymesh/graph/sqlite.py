@@ -198,13 +198,3 @@ class SQLiteStore(GraphStore):
             ((int(n), int(l), ms, _blob(e)) for n, l, e in zip(l2_ids, layers, edges)),
         )
         con.commit()
-
-    def node_count_by_layer(self) -> dict[int, int]:
-        """Nodes per layer (layer 1 counted from parent cells): for summaries and tests."""
-        con = self._con()
-        counts: dict[int, int] = {}
-        for (nid,) in con.execute("SELECT id FROM nodes"):
-            layer = nid >> (64 - self.meta.graph_config.layer_id_bits)
-            counts[layer] = counts.get(layer, 0) + 1
-        counts[1] = con.execute("SELECT COUNT(DISTINCT node) FROM parents WHERE node >> 56 = 1").fetchone()[0]
-        return dict(sorted(counts.items()))
