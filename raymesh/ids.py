@@ -79,6 +79,7 @@ class ChunkLayout:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "bitmasks", compute_bitmasks(self.n_layers, self.spatial_bits))
+        object.__setattr__(self, "_tables", self._build_tables())
         if self.fanout != 2:
             raise GraphLayoutError("only FANOUT = 2 is consistent with PCG's chunk bounds")
 
@@ -119,6 +120,9 @@ class ChunkLayout:
         return (1 << self.segment_bits(layer)) - 1
 
     def _table(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._tables  # type: ignore[attr-defined]
+
+    def _build_tables(self) -> tuple[np.ndarray, np.ndarray]:
         """Lookup tables indexed by layer: spatial bits and segment bits (0 for unused layers)."""
         size = 1 << self.layer_id_bits
         spatial = np.zeros(size, dtype=U64)

@@ -72,7 +72,8 @@ class Bucket:
         return bytes(result.value) if result.state == "value" else None
 
     def exists(self, key: str) -> bool:
-        return self.read(key) is not None
+        """Whether the object exists, without fetching its bytes (a zero-length ranged read)."""
+        return self.read_range(key, 0, 0) is not None
 
     def write(self, key: str, data: bytes) -> None:
         try:

@@ -125,54 +125,37 @@ class SQLiteStore(GraphStore):
         ).fetchall()
         return {int(i): _ids(c) for i, c in rows}
 
-    def _children(self, node_ids: np.ndarray) -> dict[int, np.ndarray]:
-        out: dict[int, np.ndarray] = {}
+    def _batched(self, sql: str, ids, *params):
+        """Rows of ``sql`` run over ids in batches; the ids arrive as a JSON array bound to
+        ``json_each(?)`` (no parameter-count limit), after any leading ``params``."""
+        ids = [int(v) for v in ids]
         con = self._con()
-        for i in range(0, len(node_ids), _BATCH):
-            batch = json.dumps([int(v) for v in node_ids[i : i + _BATCH]])
-            for nid, blob in con.execute(
-                "SELECT n.id, n.children FROM json_each(?) j JOIN nodes n ON n.id = j.value", (batch,)
-            ):
-                out[int(nid)] = _ids(blob)
-        return out
+        for i in range(0, len(ids), _BATCH):
+            yield from con.execute(sql, (*params, json.dumps(ids[i : i + _BATCH])))
+
+    def _children(self, node_ids: np.ndarray) -> dict[int, np.ndarray]:
+        rows = self._batched("SELECT n.id, n.children FROM json_each(?) j JOIN nodes n ON n.id = j.value", node_ids)
+        return {int(nid): _ids(blob) for nid, blob in rows}
 
     def _parents(self, node_ids: np.ndarray, ms: int) -> np.ndarray:
-        out = np.zeros(len(node_ids), dtype=np.uint64)
-        con = self._con()
-        for i in range(0, len(node_ids), _BATCH):
-            batch = json.dumps([int(v) for v in node_ids[i : i + _BATCH]])
-            rows = con.execute(
-                "SELECT (SELECT parent FROM parents WHERE node = j.value AND ts <= ? "
-                "ORDER BY ts DESC LIMIT 1) FROM json_each(?) j ORDER BY j.key",
-                (ms, batch),
-            ).fetchall()
-            out[i : i + len(rows)] = [r[0] or 0 for r in rows]
-        return out
+        rows = self._batched(
+            "SELECT (SELECT parent FROM parents WHERE node = j.value AND ts <= ? "
+            "ORDER BY ts DESC LIMIT 1) FROM json_each(?) j ORDER BY j.key", node_ids, ms)
+        return np.array([r[0] or 0 for r in rows], dtype=np.uint64).reshape(len(node_ids))
 
     def get_node_timestamps(self, node_ids: Iterable[int]) -> np.ndarray:
         ids = [int(v) for v in node_ids]
-        con = self._con()
-        found: dict[int, int] = {}
-        for i in range(0, len(ids), _BATCH):
-            batch = json.dumps(ids[i : i + _BATCH])
-            for nid, ts in con.execute(
-                "SELECT n.id, n.ts FROM json_each(?) j JOIN nodes n ON n.id = j.value", (batch,)
-            ):
-                found[int(nid)] = int(ts)
+        found = dict(self._batched("SELECT n.id, n.ts FROM json_each(?) j JOIN nodes n ON n.id = j.value", ids))
         return np.array([found.get(i, 0) for i in ids], dtype=np.int64)
 
     def get_cross_edges(self, l2_ids: Iterable[int], time_stamp: TimeStamp = None) -> dict[int, dict[int, np.ndarray]]:
         ids = [int(v) for v in l2_ids]
         out: dict[int, dict[int, np.ndarray]] = {i: {} for i in ids}
-        ms = read_ms(time_stamp)
-        con = self._con()
-        for i in range(0, len(ids), _BATCH):
-            batch = json.dumps(ids[i : i + _BATCH])
-            for nid, layer, blob in con.execute(
-                "SELECT c.node, c.layer, c.edges FROM json_each(?) j JOIN cross_edges c ON c.node = j.value "
-                "WHERE c.ts <= ? ORDER BY c.ts", (batch, ms)
-            ):
-                out[int(nid)][int(layer)] = _ids(blob).reshape(-1, 2)  # newest cell wins
+        rows = self._batched(
+            "SELECT c.node, c.layer, c.edges FROM cross_edges c "
+            "WHERE c.ts <= ? AND c.node IN (SELECT value FROM json_each(?)) ORDER BY c.ts", ids, read_ms(time_stamp))
+        for nid, layer, blob in rows:
+            out[int(nid)][int(layer)] = _ids(blob).reshape(-1, 2)  # newest cell wins
         return out
 
     # ---- writes -----------------------------------------------------------------------------

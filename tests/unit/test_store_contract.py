@@ -126,3 +126,17 @@ def test_concurrent_readers_in_processes(store):
     with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
         results = list(pool.map(_roots_in_process, [store.url] * 6, [ids] * 6))
     assert all(r == expected for r in results)
+
+
+def test_cross_edges_round_trip(store, synthetic):
+    from raymesh.builder import build_hierarchy
+
+    labels, agg = synthetic
+    built = build_hierarchy(labels, SYNTH_CHUNK, agg)
+    got = store.get_cross_edges(built.cross_l2.tolist())
+    assert len(built.cross_l2) > 0
+    for node, layer, pairs in zip(built.cross_l2, built.cross_layer, built.cross_pairs):
+        assert np.array_equal(got[int(node)][int(layer)], pairs)
+    before = T_BUILD - dt.timedelta(seconds=1)
+    assert store.get_cross_edges(built.cross_l2[:3].tolist(), time_stamp=before) == {
+        int(n): {} for n in built.cross_l2[:3]}
