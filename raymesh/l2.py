@@ -7,6 +7,7 @@ and when they run and writes the shard.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,25 +32,37 @@ class ChunkMeshes:
     n_nodes: int = 0
 
 
+def simplified_meshes(labels: np.ndarray, resolution, max_error: float = 40,
+                      reduction_factor: int = REDUCTION_FACTOR) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """``(label, vertices nm relative to the block, faces)`` per non-zero label, ascending.
+
+    PCG's call sequence (one mesher, get then erase, ascending labels): zmesh 1.15 carries state
+    between ``get`` calls, so the sequence is part of what makes the output reproducible.
+    """
+    mesher = zmesh.Mesher(tuple(float(r) for r in resolution))
+    mesher.mesh(np.ascontiguousarray(labels))
+    try:
+        for label in sorted(int(i) for i in mesher.ids()):
+            if label == 0:
+                continue
+            mesh = mesher.get(label, normals=False, reduction_factor=reduction_factor, max_error=max_error)
+            mesher.erase(label)
+            yield label, mesh.vertices.astype(np.float64), mesh.faces
+    finally:
+        mesher.clear()
+
+
 def mesh_block(labels: np.ndarray, offset_nm: np.ndarray, resolution, settings: DracoSettings,
                max_error: float = 40, reduction_factor: int = REDUCTION_FACTOR,
                chunk_id: int = 0, layer: int = 2) -> ChunkMeshes:
     """zmesh marching cubes + simplification of every label, shifted to nm, Draco-encoded."""
     out = ChunkMeshes(chunk_id=chunk_id, layer=layer)
-    mesher = zmesh.Mesher(tuple(float(r) for r in resolution))
-    mesher.mesh(np.ascontiguousarray(labels))
-    for label in sorted(int(i) for i in mesher.ids()):
-        if label == 0:
-            continue
-        mesh = mesher.get(label, normals=False, reduction_factor=reduction_factor, max_error=max_error)
-        mesher.erase(label)
+    for label, vertices, faces in simplified_meshes(labels, resolution, max_error, reduction_factor):
         out.n_nodes += 1
-        vertices = mesh.vertices.astype(np.float64) + offset_nm
         try:
-            out.fragments[label] = encode(vertices, mesh.faces, settings)
+            out.fragments[label] = encode(vertices + offset_nm, faces, settings)
         except DracoError as exc:
-            out.failures.append(f"{label} failed: {len(mesh.vertices)} vertices, {len(mesh.faces)} faces ({exc})")
-    mesher.clear()
+            out.failures.append(f"{label} failed: {len(vertices)} vertices, {len(faces)} faces ({exc})")
     return out
 
 

@@ -117,8 +117,18 @@ def relabel(seg: np.ndarray, mapping: dict[int, int]) -> np.ndarray:
     return np.where(keys[pos] == seg, vals[pos], np.uint64(0))
 
 
-def resolve_placeholders(seg: np.ndarray, unsafe: dict[int, list[int]]) -> np.ndarray:
-    """Give each overlap component of a placeholder to the smallest candidate behind it (6.3 step 6)."""
+def resolve_placeholders(seg: np.ndarray, unsafe: dict[int, list[int]],
+                         fallback: dict[int, int] | None = None) -> np.ndarray:
+    """Give each overlap component of a placeholder to the smallest candidate behind it (6.3 step 6).
+
+    Deliberate deviation from PCG: a component with no candidate directly behind it (it reaches
+    this chunk's overlap only along an edge or corner of the block, and joins the object in a
+    diagonal neighbour chunk) goes to ``fallback[a]`` (the smallest own node of that object)
+    instead of being zeroed. Zeroing it leaves a hole where three or four chunks meet: the chunk
+    that owns the marching-cubes cells there no longer sees the object while its neighbours do,
+    so their cuts on the shared plane disagree.
+    """
+    fallback = fallback or {}
     for a, candidates in unsafe.items():
         mask = seg == np.uint64(a)
         if not mask.any():
@@ -134,7 +144,7 @@ def resolve_placeholders(seg: np.ndarray, unsafe: dict[int, list[int]]) -> np.nd
                     behind.append(np.take(seg, -2, axis=axis)[last])
             behind = np.concatenate(behind)
             hits = np.intersect1d(np.unique(behind), allowed)
-            seg[comp] = hits[0] if len(hits) else 0
+            seg[comp] = hits[0] if len(hits) else fallback.get(a, 0)
     return seg
 
 
@@ -151,7 +161,8 @@ def remove_dust(seg: np.ndarray, threshold: int) -> np.ndarray:
 def remap_chunk(seg: np.ndarray, hood: Neighbourhood, dust_threshold: int | None = None) -> np.ndarray:
     """Supervoxel block (chunk + overlap) -> layer-2 labels, overlap resolved."""
     mapping, unsafe = supervoxel_map(hood)
-    out = resolve_placeholders(relabel(np.asarray(seg, dtype=np.uint64), mapping), unsafe)
+    fallback = {a: min(n for n in members if n in hood.own) for a, members in unsafe.items()}
+    out = resolve_placeholders(relabel(np.asarray(seg, dtype=np.uint64), mapping), unsafe, fallback)
     if dust_threshold:
         out = remove_dust(out, int(dust_threshold))
     return out

@@ -41,9 +41,6 @@ def test_every_node_meshed_matching_zmesh_with_seams(graph):
         assert_matches_direct_zmesh(job, coords)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "zmesh 1.15 simplification removes some collinear open-boundary vertices on one side of a chunk "
-    "face but not the other, so seam vertex sets differ by a few vertices (issue 3 left open)"))
 def test_seam_vertices_coincide(graph):
     config = _config(graph, time_stamp=2e9)
     run(config, progress=False)

@@ -43,3 +43,15 @@ def test_dust_removal_keeps_border_labels():
                          ancestor={101: 1, 102: 2})
     out = remap_chunk(seg, hood, dust_threshold=5)
     assert out[1, 1, 1] == 0 and out[5, 5, 5] == 102
+
+
+def test_overlap_component_with_nothing_behind_goes_to_the_smallest_own_node():
+    # Deviation from PCG (which zeroes it): the component reaches the overlap only at an edge, so
+    # nothing of the object is directly behind it; zeroing it would open a hole between chunks.
+    seg = np.zeros((4, 4, 1), dtype=np.uint64)
+    seg[:3, 0, 0], seg[:3, 2, 0] = 11, 12
+    seg[3, 3, 0] = 31  # neighbour sv of the same object, behind it (2, 3, 0) is background
+    hood = Neighbourhood(3, own={101: np.array([11], np.uint64), 102: np.array([12], np.uint64)},
+                         others={301: np.array([31], np.uint64)},
+                         ancestor={101: 900, 102: 900, 301: 900})
+    assert remap_chunk(seg, hood)[3, 3, 0] == 101
