@@ -342,7 +342,6 @@ def build_graph(
     import os
     import time
 
-    from raymesh.graph import open_store
     from raymesh.graph.base import utcnow
     from raymesh.meta import DataSource, GraphConfig, GraphMeta
     from raymesh.storage import normalize_url

@@ -33,6 +33,7 @@ def add_mesh_commands(sub) -> None:
     p.add_argument("--mesh-dir")
     p.add_argument("--time-stamp", type=float, help="POSIX seconds (graph state to mesh)")
     p.add_argument("--dust-threshold", type=int)
+    p.add_argument("--memory-budget", help="memory one stitching task may use (default 2GiB)")
     p.add_argument("--workers", type=int, help="local Ray CPUs")
     p.add_argument("--address", help="Ray address: auto, ray://host:10001")
     p.add_argument("--executor", choices=["ray", "serial"])
@@ -59,7 +60,7 @@ def config_from_args(args):
                        chunk_end=args.chunk_end, mip=args.mip, max_error=args.max_error,
                        mesh_dir=args.mesh_dir, time_stamp=args.time_stamp,
                        dust_threshold=args.dust_threshold, workers=args.workers, address=args.address,
-                       executor=args.executor, force=args.force)
+                       executor=args.executor, force=args.force, memory_budget=args.memory_budget)
 
 
 def cmd_mesh(args) -> int:
@@ -70,6 +71,9 @@ def cmd_mesh(args) -> int:
         print(f"layer {layer.layer}: {layer.chunks} chunks ({layer.chunks_skipped} already done), "
               f"{layer.fragments} meshes of {layer.nodes} nodes, {layer.bytes_written} bytes, "
               f"{len(layer.failures)} failures, {layer.seconds:.1f} s")
+        if layer.layer > 2:
+            print(f"  read {layer.bytes_read} bytes from {layer.shard_reads} child shards; "
+                  f"{layer.missing} descendants without a mesh; {layer.over_budget} nodes over the memory budget")
         for failure in layer.failures:
             print(f"  failed: {failure}")
     print(f"meshes: {summary.mesh_path}")

@@ -47,10 +47,26 @@ class MeshConfig(BaseModel):
     time_stamp: Optional[float] = Field(None, description="POSIX seconds; default: now")
     dust_threshold: Optional[int] = Field(None, ge=1)
     sharding: dict[int, ShardingOverride] = Field(default_factory=dict)
+    memory_budget: int = Field(2 * 2**30, gt=0, description="bytes one stitching task may use; "
+                               "accepts 2GiB, 512MiB, ...")
     workers: Optional[int] = Field(None, ge=1, description="local Ray CPUs")
     address: Optional[str] = Field(None, description="Ray address: auto, ray://host:port; default local")
     executor: str = Field("ray", pattern="^(ray|serial)$")
     force: bool = False
+
+    @field_validator("memory_budget", mode="before")
+    @classmethod
+    def _bytes(cls, v):
+        if isinstance(v, str):
+            units = {"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "b": 1}
+            text = v.strip().lower().replace(" ", "")
+            for unit, scale in units.items():
+                if text.endswith(unit) and text[: -len(unit)].replace(".", "", 1).isdigit():
+                    return int(float(text[: -len(unit)]) * scale)
+            if text.isdigit():
+                return int(text)
+            raise ValueError(f"{v!r} is not a size; write bytes or a number with KiB, MiB, GiB")
+        return v
 
     @field_validator("chunk_start", "chunk_end")
     @classmethod

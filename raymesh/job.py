@@ -17,7 +17,7 @@ import numpy as np
 
 from raymesh.config import MeshConfig
 from raymesh.draco import MeshGrid
-from raymesh.errors import ConfigError, MeshingError
+from raymesh.errors import ConfigError
 from raymesh.graph import open_store
 from raymesh.graph.base import read_ms, to_datetime, utcnow
 from raymesh.mesh_layout import default_sharding, mesh_info, mesh_metadata, shard_key
@@ -35,6 +35,10 @@ class ChunkStats:
     failures: list[str] = field(default_factory=list)
     skipped: bool = False
     seconds: float = 0.0
+    shard_reads: int = 0  # child shard files touched (stitching)
+    bytes_read: int = 0  # child shard bytes read (stitching)
+    missing: int = 0  # descendants without a fragment in an existing child shard
+    over_budget: list[int] = field(default_factory=list)  # nodes whose decoded children exceed the budget
 
 
 @dataclass
@@ -47,6 +51,10 @@ class LayerSummary:
     bytes_written: int = 0
     failures: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    shard_reads: int = 0
+    bytes_read: int = 0
+    missing: int = 0
+    over_budget: int = 0
 
     def add(self, s: ChunkStats) -> None:
         self.chunks += 1
@@ -55,6 +63,10 @@ class LayerSummary:
         self.fragments += s.fragments
         self.bytes_written += s.bytes_written
         self.failures.extend(f"chunk {s.chunk}: {f}" for f in s.failures)
+        self.shard_reads += s.shard_reads
+        self.bytes_read += s.bytes_read
+        self.missing += s.missing
+        self.over_budget += len(s.over_budget)
 
 
 @dataclass
@@ -167,18 +179,67 @@ class MeshJob:
         key = self.shard_path(layer, coords)
         if not self.config.force and self.bucket.exists(key):
             return ChunkStats(layer, tuple(coords), skipped=True)
-        if layer == 2:
-            from raymesh.l2 import mesh_l2_chunk
+        if layer > 2:
+            stats = self.stitch_chunk(layer, coords)
+            stats.seconds = time.perf_counter() - t0
+            return stats
+        from raymesh.l2 import mesh_l2_chunk
 
-            result = mesh_l2_chunk(self.store, self.grid, coords, time_stamp=self.time_stamp,
-                                   max_error=self.config.max_error, dust_threshold=self.config.dust_threshold)
-        else:
-            raise MeshingError(f"layer {layer} stitching is not available in this version")
+        result = mesh_l2_chunk(self.store, self.grid, coords, time_stamp=self.time_stamp,
+                               max_error=self.config.max_error, dust_threshold=self.config.dust_threshold)
         data = synthesize_shard(result.fragments, self.sharding(layer))
         self.bucket.write(key, data)
         return ChunkStats(layer, tuple(coords), nodes=result.n_nodes, fragments=len(result.fragments),
                           bytes_written=len(data), failures=result.failures,
                           seconds=time.perf_counter() - t0)
+
+    def open_shard(self, layer: int, chunk_id: int):
+        """A ranged reader over a chunk's shard in storage (None for a missing file)."""
+        key = shard_key(self.meta.layout, layer, chunk_id)
+        return lambda start, stop: self.bucket.read_range(key, start, stop)
+
+    def fragment_reader(self, whole_shards: bool = False):
+        from raymesh.stitch import FragmentReader, WholeShardReader
+
+        if whole_shards:
+            layout = self.meta.layout
+            return WholeShardReader(layout, self.sharding,
+                                    lambda layer, chunk: self.bucket.read(shard_key(layout, layer, chunk)))
+        return FragmentReader(self.meta.layout, self.sharding, self.open_shard)
+
+    def stitch_chunk(self, layer: int, coords, reader=None) -> ChunkStats:
+        """Stitch one chunk node by node into its shard, streaming: one node's children decoded at
+        a time, finished fragments spooled (to disk past a quarter of the budget), the shard
+        written whole at the end."""
+        from raymesh.sharding import ShardBuilder, canonical_order
+        from raymesh.stitch import DECODE_FACTOR, node_cost, plan_chunk, stitch_nodes
+
+        layout = self.meta.layout
+        chunk = int(layout.chunk_id(layer, *coords))
+        plan = plan_chunk(self.store, layer, chunk, self.time_stamp)
+        reader = reader or self.fragment_reader()
+        if hasattr(reader, "preload"):
+            reader.preload(d for desc in plan.descendants.values() for d in desc)
+        cost = node_cost(plan, reader)
+        budget = self.config.memory_budget
+        spec = self.sharding(layer)
+        builder = ShardBuilder(spec, spool_bytes=max(1, budget // 4))
+        stats = ChunkStats(layer, tuple(coords), nodes=len(plan.descendants))
+        stats.over_budget = [n for n, c in cost.items() if DECODE_FACTOR * c > budget]
+        try:
+            for result in stitch_nodes(self.grid, plan, canonical_order(plan.descendants, spec), reader):
+                stats.missing += result.missing
+                if result.failure:
+                    stats.failures.append(result.failure)
+                else:
+                    builder.add(result.node, result.data)
+            stats.fragments = len(builder)
+            stats.bytes_written = self.bucket.write_pieces(shard_key(layout, layer, chunk), builder.pieces())
+        finally:
+            builder.close()
+        stats.shard_reads = reader.stats.shard_files
+        stats.bytes_read = reader.stats.bytes_read
+        return stats
 
     # ---- metadata -----------------------------------------------------------------------------
     def write_metadata(self, max_layer: int) -> None:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import gzip
 import io
+import tempfile
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Callable, Iterable, Iterator, Mapping
 
 import mmh3
 import numpy as np
@@ -124,6 +125,80 @@ def synthesize_shard(values: Mapping[int, bytes], spec: ShardingSpec) -> bytes:
         index_offset += len(blob)
         index_parts.append(blob)
     return shard_index.tobytes() + b"".join(data_parts) + b"".join(index_parts)
+
+
+def canonical_order(keys: Iterable[int], spec: ShardingSpec) -> list[int]:
+    """Keys in the order their values sit in a shard: minishard ascending, then key ascending."""
+    keys = np.array(sorted(int(k) for k in keys), dtype=np.uint64)
+    if not len(keys):
+        return []
+    order = np.lexsort((keys, spec.minishard_of(keys)))
+    return [int(k) for k in keys[order]]
+
+
+class ShardBuilder:
+    """Builds a shard value by value, in canonical order, without holding the values in memory.
+
+    Values are spooled (in memory up to ``spool_bytes``, then a temporary file); ``pieces()``
+    yields the finished file in order. The bytes equal ``synthesize_shard`` of the same values.
+    """
+
+    def __init__(self, spec: ShardingSpec, spool_bytes: int = 64 * 2**20):
+        self.spec = spec
+        self._data = tempfile.SpooledTemporaryFile(max_size=spool_bytes)
+        self._keys: list[int] = []
+        self._sizes: list[int] = []
+        self._last: tuple[int, int] | None = None
+
+    def add(self, key: int, value: bytes) -> None:
+        key = int(key)
+        if self.spec.shard_of(np.array([key], dtype=np.uint64))[0] != 0 and self.spec.shard_bits:
+            raise ShardError(f"key {key} does not belong to shard 0")
+        rank = (int(self.spec.minishard_of(np.array([key], dtype=np.uint64))[0]), key)
+        if self._last is not None and rank <= self._last:
+            raise ShardError(f"key {key} added out of canonical order (after {self._last[1]})")
+        self._last = rank
+        encoded = _gzip(value) if self.spec.data_encoding == "gzip" else bytes(value)
+        self._data.write(encoded)
+        self._keys.append(key)
+        self._sizes.append(len(encoded))
+
+    @property
+    def data_bytes(self) -> int:
+        return int(sum(self._sizes))
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def pieces(self, piece_bytes: int = 8 * 2**20) -> Iterator[bytes]:
+        """Shard index, data region (in pieces), minishard indices."""
+        spec = self.spec
+        keys = np.array(self._keys, dtype=np.uint64)
+        sizes = np.array(self._sizes, dtype=np.uint64)
+        minis = spec.minishard_of(keys) if len(keys) else np.empty(0, dtype=np.uint64)
+        shard_index = np.zeros((1 << spec.minishard_bits, 2), dtype="<u8")
+        blobs = []
+        data_offset, index_offset = 0, self.data_bytes
+        for m in np.unique(minis):
+            sel = minis == m
+            table = np.zeros((3, int(sel.sum())), dtype="<u8")
+            table[0] = np.diff(keys[sel], prepend=np.uint64(0))
+            table[1, 0] = data_offset
+            table[2] = sizes[sel]
+            data_offset += int(sizes[sel].sum())
+            raw = table.tobytes()
+            blob = _gzip(raw) if spec.minishard_index_encoding == "gzip" else raw
+            shard_index[int(m)] = (index_offset, index_offset + len(blob))
+            index_offset += len(blob)
+            blobs.append(blob)
+        yield shard_index.tobytes()
+        self._data.seek(0)
+        while piece := self._data.read(piece_bytes):
+            yield piece
+        yield from blobs
+
+    def close(self) -> None:
+        self._data.close()
 
 
 def _parse_minishard(blob: bytes, spec: ShardingSpec) -> np.ndarray:

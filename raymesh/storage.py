@@ -9,6 +9,8 @@ written whole or not at all, which is what lets a killed job resume.
 from __future__ import annotations
 
 import os
+import tempfile
+from collections.abc import Iterable
 from functools import lru_cache
 
 import tensorstore as ts
@@ -16,6 +18,10 @@ import tensorstore as ts
 
 class StorageError(RuntimeError):
     """A path that cannot be opened, or a read that failed."""
+
+
+class RangeError(StorageError):
+    """A ranged read past the end of an object (a truncated file)."""
 
 
 def normalize_url(path: str) -> str:
@@ -68,7 +74,8 @@ class Bucket:
         try:
             result = self._kv.read(key, byte_range=slice(start, stop)).result()
         except Exception as exc:
-            raise StorageError(f"reading {self.base}{key}[{start}:{stop}] failed: {exc}") from exc
+            kind = RangeError if "OUT_OF_RANGE" in str(exc) else StorageError
+            raise kind(f"reading {self.base}{key}[{start}:{stop}] failed: {exc}") from exc
         return bytes(result.value) if result.state == "value" else None
 
     def exists(self, key: str) -> bool:
@@ -80,6 +87,33 @@ class Bucket:
             self._kv.write(key, data).result()
         except Exception as exc:
             raise StorageError(f"writing {self.base}{key} failed: {exc}") from exc
+
+    def write_pieces(self, key: str, pieces: Iterable[bytes]) -> int:
+        """Write an object given in pieces, whole or not at all; returns its size.
+
+        Local files are streamed to a temporary file beside the target and renamed, so a large
+        shard never sits in memory whole. Other stores take whole objects: the pieces are joined.
+        """
+        path = local_path(self.base)
+        if path is None:
+            data = b"".join(pieces)
+            self.write(key, data)
+            return len(data)
+        target = os.path.join(path, key)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(target))
+        size = 0
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for piece in pieces:
+                    f.write(piece)
+                    size += len(piece)
+            os.replace(tmp, target)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return size
 
     def delete(self, key: str) -> None:
         self._kv.delete(key).result()

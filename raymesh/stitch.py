@@ -1,0 +1,296 @@
+"""Higher-layer stitching of one chunk (pcg-compat.md 7): child fragments in, merged fragments out.
+
+Streaming, unlike PCG: a node's child fragments are located in their shards by key (the minishard
+index says where and how big each is) and read and decoded only while that node is stitched, so a
+task never holds every child shard of its chunk. ``plan_chunk`` does the graph reads,
+``FragmentReader`` the shard reads, ``stitch_node`` the geometry (pure: bytes in, bytes out).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from raymesh.draco import DracoError, DracoSettings, MeshGrid, decode, encode, snap
+from raymesh.errors import MeshingError
+from raymesh.ids import ChunkLayout
+from raymesh.mesh_layout import shard_key
+from raymesh.sharding import ShardError, ShardingSpec, disassemble_shard, minishard_table
+from raymesh.storage import RangeError
+
+# Decoded arrays (float64 vertices, uint32 faces) per byte of Draco, measured on the real volume's
+# fragments (about 11x at layer 2, lower above); the budget arithmetic uses this bound.
+DECODE_FACTOR = 16
+
+
+@dataclass
+class StitchPlan:
+    """Which nodes of a chunk get a mesh, and from which meshed descendants (pcg-compat.md 7.1)."""
+
+    layer: int
+    chunk_id: int
+    descendants: dict[int, list[int]]  # node -> nearest meshed descendant of each child, in order
+
+
+def plan_chunk(store, layer: int, chunk_id: int, time_stamp=None) -> StitchPlan:
+    """Nodes with more than one child and a root, and their children's downstream multi-child nodes.
+
+    PCG lists the chunk without a time filter (10.20); raymesh lists it at the job's timestamp so
+    nodes created by later edits are left to remeshing.
+    """
+    layout: ChunkLayout = store.layout
+    rows = store.range_read_chunk(chunk_id, time_stamp=time_stamp)
+    ids = np.array(sorted(rows), dtype=np.uint64)
+    if len(ids):
+        if layer < layout.n_layers:
+            roots = np.asarray(store.get_roots(ids, time_stamp=time_stamp, fail_to_zero=True))
+        else:
+            roots = ids
+        ids = ids[(roots != 0) & np.array([len(rows[int(i)]) > 1 for i in ids], dtype=bool)]
+    children = {int(n): [int(c) for c in rows[int(n)]] for n in ids}
+    # Follow single-child chains down, a batch of graph reads per step, not one per node.
+    resolved: dict[int, int] = {}
+    pending = sorted({c for kids in children.values() for c in kids if layout.get_chunk_layer(c) > 2})
+    step = {c: c for c in pending}  # original child -> current candidate
+    while step:
+        kids = store.get_children(np.array(sorted(set(step.values())), dtype=np.uint64))
+        nxt = {}
+        for orig, cur in step.items():
+            below = kids[cur]
+            if len(below) == 0:
+                raise MeshingError(f"node {cur} (layer {layout.get_chunk_layer(cur)}) has no children; the "
+                                   f"graph is inconsistent below layer {layer} chunk "
+                                   f"{layout.get_chunk_coordinates(chunk_id).tolist()}")
+            if len(below) == 1 and layout.get_chunk_layer(int(below[0])) > 2:
+                nxt[orig] = int(below[0])
+            else:
+                resolved[orig] = int(below[0]) if len(below) == 1 else cur
+        step = nxt
+    descendants = {n: [resolved.get(c, c) for c in kids] for n, kids in children.items()}
+    return StitchPlan(layer, int(chunk_id), descendants)
+
+
+# ---- reading child fragments --------------------------------------------------------------------
+
+@dataclass
+class ReadStats:
+    shard_files: int = 0  # distinct child shards touched
+    range_reads: int = 0
+    bytes_read: int = 0
+    missing: list[int] = field(default_factory=list)  # descendants with no fragment in their shard
+
+
+class FragmentReader:
+    """Child fragments by node id, read with ranged reads from the shards of lower layers.
+
+    ``open_shard(layer, chunk_id)`` returns a range reader ``read(start, stop)`` for that chunk's
+    shard (None-returning for a missing file); storage by default, or in-memory bytes from a
+    shard cache. Minishard indices are read once per task and reused.
+    """
+
+    def __init__(self, layout: ChunkLayout, sharding: Callable[[int], ShardingSpec],
+                 open_shard: Callable[[int, int], Callable[[int, int], bytes | None]]):
+        self.layout = layout
+        self.sharding = sharding
+        self._open_shard = open_shard
+        self._readers: dict[int, Callable] = {}
+        self._tables: dict[tuple[int, int], np.ndarray] = {}
+        self.stats = ReadStats()
+
+    def _where(self, chunk: int) -> str:
+        layer = int(self.layout.get_chunk_layer(chunk))
+        return f"layer {layer} chunk {self.layout.get_chunk_coordinates(chunk).tolist()}"
+
+    def _reader(self, chunk: int) -> Callable:
+        if chunk not in self._readers:
+            raw = self._open_shard(int(self.layout.get_chunk_layer(chunk)), chunk)
+
+            def read(start: int, stop: int, _raw=raw) -> bytes | None:
+                self.stats.range_reads += 1
+                try:
+                    data = _raw(start, stop)
+                except RangeError as exc:
+                    raise MeshingError(f"the shard of {self._where(chunk)} is truncated ({exc}); rerun layer "
+                                       f"{self.layout.get_chunk_layer(chunk)} for that chunk with --force") from exc
+                self.stats.bytes_read += len(data) if data else 0
+                return data
+
+            self._readers[chunk] = read
+            self.stats.shard_files += 1
+        return self._readers[chunk]
+
+    def locate(self, node: int) -> tuple[int, int] | None:
+        """``(start, size)`` of a node's fragment in its chunk's shard; None when it has none."""
+        chunk = int(self.layout.get_chunk_id(node))
+        layer = int(self.layout.get_chunk_layer(node))
+        spec = self.sharding(layer)
+        mini = int(spec.minishard_of(np.array([node], dtype=np.uint64))[0])
+        key = (chunk, mini)
+        if key not in self._tables:
+            try:
+                table = minishard_table(self._reader(chunk), mini, spec)
+            except ShardError as exc:
+                raise MeshingError(f"the shard of {self._where(chunk)} is corrupt ({exc}); "
+                                   f"rerun layer {layer} for that chunk with --force") from exc
+            if table is None:
+                raise MeshingError(f"{self._where(chunk)} has no shard file ({shard_key(self.layout, layer, chunk)}): "
+                                   f"run layer {layer} before the layers above it")
+            self._tables[key] = table
+        table = self._tables[key]
+        hit = np.flatnonzero(table[:, 0] == np.uint64(node)) if len(table) else []
+        if not len(hit):
+            return None
+        return int(table[hit[0], 1]), int(table[hit[0], 2])
+
+    def size(self, node: int) -> int:
+        where = self.locate(node)
+        return where[1] if where else 0
+
+    def read(self, node: int) -> bytes | None:
+        where = self.locate(node)
+        if where is None:
+            self.stats.missing.append(int(node))
+            return None
+        start, size = where
+        chunk = int(self.layout.get_chunk_id(node))
+        data = self._reader(chunk)(start, start + size)
+        if data is None or len(data) != size:
+            raise MeshingError(f"the shard of {self._where(chunk)} is truncated (fragment of {node}); "
+                               f"rerun layer {self.layout.get_chunk_layer(node)} for that chunk with --force")
+        return data
+
+
+class WholeShardReader(FragmentReader):
+    """PCG's way, kept as the benchmark baseline: read every child shard whole and keep it all."""
+
+    def __init__(self, layout, sharding, read_whole: Callable[[int, int], bytes | None]):
+        super().__init__(layout, sharding, lambda layer, chunk: None)
+        self._read_whole = read_whole
+        self._values: dict[int, dict[int, bytes]] = {}
+
+    def preload(self, nodes: Iterable[int]) -> None:
+        for chunk in sorted({int(self.layout.get_chunk_id(n)) for n in nodes}):
+            layer = int(self.layout.get_chunk_layer(chunk))
+            data = self._read_whole(layer, chunk)
+            self.stats.shard_files += 1
+            if data is None:
+                raise MeshingError(f"{self._where(chunk)} has no shard file: run layer {layer} first")
+            self.stats.bytes_read += len(data)
+            self._values[chunk] = disassemble_shard(data, self.sharding(layer))
+
+    def locate(self, node: int):
+        values = self._values.get(int(self.layout.get_chunk_id(node)), {})
+        return (0, len(values[node])) if node in values else None
+
+    def read(self, node: int) -> bytes | None:
+        values = self._values.get(int(self.layout.get_chunk_id(node)), {})
+        if node not in values:
+            self.stats.missing.append(int(node))
+        return values.get(node)
+
+
+# ---- geometry -----------------------------------------------------------------------------------
+
+def lift_fragment(grid: MeshGrid, vertices: np.ndarray, settings: DracoSettings, node: int,
+                  layer: int) -> tuple[np.ndarray, DracoSettings]:
+    """Snap a fragment of ``node`` layer by layer up to ``layer``'s grid (pcg-compat.md 7.4).
+
+    Returns the vertices snapped through layer ``layer - 1`` and the settings of the layer-``layer``
+    chunk; the final encode performs the last snap.
+    """
+    layout = grid.layout
+    own = int(layout.get_chunk_layer(node))
+    cur = settings
+    for parent_layer in range(own + 1, layer + 1):
+        cur = grid.next_layer_settings(cur, int(layout.parent_chunk_id(node, parent_layer)))
+        if parent_layer < layer:
+            vertices = snap(vertices, cur)
+    return vertices, cur
+
+
+def seam_planes(grid: MeshGrid, chunk_id: int) -> np.ndarray:
+    """The parent's three interior mid-planes as its children's grid puts them (7.5 step 2)."""
+    layout = grid.layout
+    layer = int(layout.get_chunk_layer(chunk_id))
+    coords = layout.get_chunk_coordinates(chunk_id)
+    corner = int(layout.chunk_id(layer - 1, *(2 * coords + 1)))
+    s = grid.chunk_settings(corner)
+    origin = np.asarray(s.origin, dtype=np.float64)
+    return origin + s.bin * np.floor((grid.chunk_offset(corner) - origin) / s.bin + 0.5)
+
+
+def merge_across_boundaries(parts: list[tuple[np.ndarray, np.ndarray]], planes: np.ndarray
+                            ) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate fragments and merge vertices lying exactly on a mid-plane (7.5 steps 1-5).
+
+    Vertices off the planes keep their order; on-plane vertices are deduplicated by exact position
+    (lexicographically sorted) and appended after them.
+    """
+    vertices = np.concatenate([v for v, _ in parts]).astype(np.float64)
+    offsets = np.cumsum([0] + [len(v) for v, _ in parts[:-1]])
+    faces = np.concatenate([f.astype(np.int64) + o for (_, f), o in zip(parts, offsets)])
+    if not len(vertices):
+        return vertices, faces
+    aligned = np.any(vertices == planes[None, :], axis=1)
+    off = np.flatnonzero(~aligned)
+    on = np.flatnonzero(aligned)
+    uniq, inverse = np.unique(vertices[on], axis=0, return_inverse=True)
+    new_index = np.empty(len(vertices), dtype=np.int64)
+    new_index[off] = np.arange(len(off))
+    new_index[on] = len(off) + inverse.reshape(-1)
+    return np.concatenate([vertices[off], uniq]), new_index[faces]
+
+
+def stitch_node(grid: MeshGrid, chunk_id: int, node: int, fragments: list[tuple[int, bytes]]) -> bytes:
+    """One node's mesh from its descendants' fragments: lift, merge across seams, encode."""
+    layer = int(grid.layout.get_chunk_layer(chunk_id))
+    parts = []
+    settings = None
+    for desc, data in fragments:
+        frag = decode(data)
+        vertices, s = lift_fragment(grid, frag.vertices, frag.settings, desc, layer)
+        settings = settings or s  # the first fragment's chain sets the output grid (7.4)
+        parts.append((vertices, frag.faces))
+    if settings is None:
+        raise DracoError(f"node {node} has no child fragments")
+    vertices, faces = merge_across_boundaries(parts, seam_planes(grid, chunk_id))
+    return encode(vertices, faces, settings)
+
+
+# ---- one chunk, node by node --------------------------------------------------------------------
+
+@dataclass
+class NodeResult:
+    node: int
+    data: bytes | None
+    failure: str | None = None
+    missing: int = 0  # descendants without a fragment
+
+
+def stitch_nodes(grid: MeshGrid, plan: StitchPlan, nodes: Iterable[int], reader: FragmentReader
+                 ) -> Iterable[NodeResult]:
+    """Stitch ``nodes`` of the plan one at a time; only one node's fragments are decoded at once."""
+    for node in nodes:
+        frags = []
+        missing = 0
+        for desc in plan.descendants[node]:
+            data = reader.read(desc)
+            if data is None:
+                missing += 1
+            else:
+                frags.append((desc, data))
+        if not frags:
+            yield NodeResult(node, None, f"{node}: none of its {len(plan.descendants[node])} descendants has a mesh",
+                             missing)
+            continue
+        try:
+            yield NodeResult(node, stitch_node(grid, plan.chunk_id, node, frags), None, missing)
+        except DracoError as exc:
+            yield NodeResult(node, None, f"{node} failed to merge: {exc}", missing)
+
+
+def node_cost(plan: StitchPlan, reader: FragmentReader) -> dict[int, int]:
+    """Bytes of child fragments per node (known from the minishard indices, no fragment read)."""
+    return {n: sum(reader.size(d) for d in desc) for n, desc in plan.descendants.items()}

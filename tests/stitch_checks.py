@@ -1,0 +1,125 @@
+"""Checks on stitched output shared by the unit (serial, synthetic) and integration (Ray, real) tests.
+
+They look at the output the way a viewer does: the fragments PCG's manifest would list for a root,
+read back from the shards, merged by position.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from raymesh.draco import decode
+from raymesh.mesh_layout import shard_key
+from raymesh.sharding import read_value
+from raymesh.stitch import seam_planes
+
+
+def manifest_nodes(store, root: int, start_layer: int, time_stamp=None) -> list[int]:
+    """The nodes PCG's manifest lists for ``root`` (pcg-compat.md 4.4 steps 2-3)."""
+    layout = store.layout
+    found, frontier = [], [int(root)]
+    while frontier:
+        above = [n for n in frontier if layout.get_chunk_layer(n) > start_layer]
+        found += [n for n in frontier if layout.get_chunk_layer(n) <= start_layer]
+        frontier = [int(c) for kids in store.get_children(np.array(above, np.uint64)).values() for c in kids] \
+            if above else []
+    out = []
+    while found:
+        node = found.pop()
+        kids = store.get_children(node)
+        if layout.get_chunk_layer(node) > 2 and len(kids) == 1:
+            found.append(int(kids[0]))
+        else:
+            out.append(node)
+    return sorted(out)
+
+
+def read_fragment(job, node: int):
+    """A node's fragment from its layer's shard (None when it has no mesh)."""
+    layout = job.meta.layout
+    layer = int(layout.get_chunk_layer(node))
+    key = shard_key(layout, layer, int(layout.get_chunk_id(node)))
+    data = read_value(lambda s, e: job.bucket.read_range(key, s, e), node, job.sharding(layer))
+    return None if data is None else decode(data)
+
+
+def l2_descendants(store, node: int) -> list[int]:
+    layout = store.layout
+    out, frontier = [], [int(node)]
+    while frontier:
+        n = frontier.pop()
+        if layout.get_chunk_layer(n) == 2:
+            out.append(n)
+        else:
+            frontier += [int(c) for c in store.get_children(n)]
+    return out
+
+
+def merged(fragments) -> tuple[np.ndarray, np.ndarray]:
+    """All fragments as one mesh, vertices merged by exact position (what a seam-free viewer sees)."""
+    verts = np.concatenate([f.vertices for f in fragments])
+    offsets = np.cumsum([0] + [len(f.vertices) for f in fragments[:-1]])
+    faces = np.concatenate([f.faces.astype(np.int64) + o for f, o in zip(fragments, offsets)])
+    uniq, inverse = np.unique(verts, axis=0, return_inverse=True)
+    return uniq, inverse.reshape(-1)[faces]
+
+
+def edge_use(faces: np.ndarray, return_edges: bool = False):
+    """How many faces use each undirected edge (faces degenerate by position are left out)."""
+    f = faces[(faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 0] != faces[:, 2])]
+    edges = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), axis=1)
+    uniq, counts = np.unique(edges, axis=0, return_counts=True)
+    return (uniq, counts) if return_edges else counts
+
+
+def internal_plane_duplicates(job, node: int, frag) -> int:
+    """Vertices that share a position with another vertex on an internal chunk plane of ``node``.
+
+    The planes are every layer's mid-planes inside the node's chunk, as the grid puts them.
+    """
+    layout, grid = job.meta.layout, job.grid
+    layer = int(layout.get_chunk_layer(node))
+    if layer == 2:
+        return 0
+    chunk = int(layout.get_chunk_id(node))
+    coords = layout.get_chunk_coordinates(chunk)
+    planes: list[set] = [set(), set(), set()]
+    for sub in range(3, layer + 1):
+        span = 2 ** (layer - sub)
+        for offset in np.ndindex(span, span, span):
+            sub_chunk = int(layout.chunk_id(sub, *(coords * span + np.array(offset))))
+            for axis, value in enumerate(seam_planes(grid, sub_chunk)):
+                planes[axis].add(float(value))
+    v = frag.vertices
+    on = np.zeros(len(v), dtype=bool)
+    for axis in range(3):
+        on |= np.isin(v[:, axis], list(planes[axis]))
+    pts = v[on]
+    return int(len(pts) - len(np.unique(pts, axis=0)))
+
+
+def interior_roots(store, sv_volume: np.ndarray) -> set[int]:
+    """Roots whose voxels do not touch the volume's faces (their meshes must be closed)."""
+    faces = [sv_volume[0], sv_volume[-1], sv_volume[:, 0], sv_volume[:, -1], sv_volume[:, :, 0], sv_volume[:, :, -1]]
+    touching = np.unique(np.concatenate([f.ravel() for f in faces]))
+    touching = touching[touching != 0]
+    all_svs = np.unique(sv_volume)
+    all_svs = all_svs[all_svs != 0]
+    roots = np.asarray(store.get_roots(all_svs))
+    edge_roots = set(np.asarray(store.get_roots(touching)).tolist()) if len(touching) else set()
+    return set(roots.tolist()) - edge_roots
+
+
+def surface_faces(fragments) -> int:
+    """Faces with three distinct vertex positions: the surface, not the quantization slivers.
+
+    Faces whose corners decode to one grid point already at layer 2 collapse when seams merge at
+    the layers above (Draco drops index-degenerate triangles), so they are not counted on any layer.
+    """
+    total = 0
+    for f in fragments:
+        p = f.vertices[f.faces.astype(np.int64)]
+        distinct = (np.any(p[:, 0] != p[:, 1], axis=1) & np.any(p[:, 1] != p[:, 2], axis=1)
+                    & np.any(p[:, 0] != p[:, 2], axis=1))
+        total += int(distinct.sum())
+    return total

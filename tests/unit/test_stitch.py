@@ -1,0 +1,174 @@
+"""Higher-layer stitching end to end with the serial executor, plus its pure pieces."""
+
+import numpy as np
+import pytest
+
+from raymesh.builder import build_graph
+from raymesh.config import MeshConfig
+from raymesh.driver import run
+from raymesh.errors import MeshingError
+from raymesh.job import MeshJob
+from raymesh.mesh_layout import shard_key
+from raymesh.sharding import ShardBuilder, ShardingSpec, canonical_order, synthesize_shard
+from raymesh.stitch import merge_across_boundaries, plan_chunk
+from raymesh.volume import read_block
+from stitch_checks import (edge_use, internal_plane_duplicates, interior_roots, l2_descendants, manifest_nodes,
+                           merged, read_fragment, surface_faces)
+from support import SYNTH_CHUNK, SYNTH_RES
+
+TS = 2e9
+
+
+@pytest.fixture(scope="module")
+def stitched(synthetic, tmp_path_factory):
+    labels, agg = synthetic
+    g = build_graph(labels, str(tmp_path_factory.mktemp("stitch")), resolution=SYNTH_RES, chunk_size=SYNTH_CHUNK,
+                    agglomeration=agg)
+    config = MeshConfig(graph=g.store_url, layers=[2, 3, 4], mip=0, executor="serial", time_stamp=TS)
+    summary = run(config, progress=False)
+    return MeshJob(config), summary
+
+
+def _roots(job):
+    meta = job.meta
+    sv = read_block(meta.segmentation_path, 0, np.zeros(3, int), np.asarray(meta.size_at(0)))
+    return sv, sorted(set(np.asarray(job.store.get_roots(np.unique(sv[sv > 0]))).tolist()))
+
+
+def test_every_layer_covers_the_layer2_surface(stitched):
+    job, summary = stitched
+    assert [s.failures for s in summary.layers] == [[], [], []]
+    assert all(s.missing == 0 for s in summary.layers)
+    store = job.store
+    _, roots = _roots(job)
+    assert len(roots) == 6
+    for root in roots:
+        l2 = [read_fragment(job, n) for n in l2_descendants(store, root)]
+        expected = surface_faces([f for f in l2 if f is not None])
+        for layer in (2, 3, 4):
+            nodes = manifest_nodes(store, root, layer)
+            frags = [read_fragment(job, n) for n in nodes]
+            assert all(f is not None for f in frags), f"root {root}: a manifest node has no mesh at layer {layer}"
+            assert surface_faces(frags) == expected, f"root {root} at layer {layer}"
+            assert sum(internal_plane_duplicates(job, n, f) for n, f in zip(nodes, frags)) == 0
+
+
+def _on_l2_seams(job, points: np.ndarray) -> np.ndarray:
+    """Whether each point lies on a layer-2 chunk plane, as the (shared) Draco lattice puts it."""
+    grid = job.grid
+    b = grid.chunk_settings(int(grid.layout.chunk_id(2, 0, 0, 0))).bin
+    step = grid.block_shape(2) * np.asarray(grid.resolution)
+    base = np.asarray(grid.voxel_offset) * np.asarray(grid.resolution)
+    on = np.zeros(len(points), dtype=bool)
+    for axis in range(3):
+        k = np.round((points[:, axis] - base[axis]) / step[axis])
+        plane = base[axis] + k * step[axis]
+        on |= points[:, axis] == b * np.floor(plane / b + 0.5)
+    return on
+
+
+def test_interior_objects_are_closed_at_every_layer(stitched):
+    """Each edge in exactly two faces, for objects that do not touch the volume's faces.
+
+    Two known exceptions come from PCG's layer-2 remap, not from stitching (pcg-compat.md 6.3):
+    an object entering a chunk's overlap without a layer-2 node in that chunk is meshed by nobody
+    in that half-voxel slab; and where two diagonal voxels on a chunk face belong to two layer-2
+    nodes above the face but one label below it, marching cubes joins them below and not above.
+    Both open the surface only on layer-2 chunk planes. So: no non-manifold edges, openings only
+    on layer-2 seams, the same openings at every layer (stitching adds and hides none), and most
+    objects fully closed.
+    """
+    job, _ = stitched
+    store = job.store
+    sv, roots = _roots(job)
+    inside = interior_roots(store, sv)
+    assert inside, "the synthetic data has objects wholly inside the volume"
+    closed = 0
+    for root in sorted(inside):
+        openings = []
+        for layer in (2, 3, 4):
+            frags = [read_fragment(job, n) for n in manifest_nodes(store, root, layer)]
+            vertices, faces = merged(frags)
+            edges, use = edge_use(faces, return_edges=True)
+            assert np.all(use <= 2), f"root {root}: non-manifold edges at layer {layer}"
+            opened = vertices[np.unique(edges[use == 1])]
+            assert np.all(_on_l2_seams(job, opened)), f"root {root}: opening off the layer-2 seams at layer {layer}"
+            openings.append(sorted(map(tuple, opened.tolist())))
+        assert openings[0] == openings[1] == openings[2], f"root {root}: stitching changed its openings"
+        closed += not openings[0]
+    assert closed >= 4, f"only {closed} of {len(inside)} interior objects are closed"
+
+
+def test_plan_skips_single_child_nodes_and_descends_chains(stitched):
+    job, _ = stitched
+    store, layout = job.store, job.meta.layout
+    for layer in (3, 4):
+        for coords in layout.iter_chunk_coords(layer):
+            chunk = int(layout.chunk_id(layer, *coords))
+            plan = plan_chunk(store, layer, chunk, TS)
+            rows = store.range_read_chunk(chunk, time_stamp=TS)
+            assert set(plan.descendants) == {n for n, kids in rows.items() if len(kids) > 1}
+            for node, desc in plan.descendants.items():
+                assert len(desc) == len(rows[node])
+                for d in desc:  # a meshed node: layer 2, or more than one child
+                    assert layout.get_chunk_layer(d) == 2 or len(store.get_children(d)) > 1
+                    assert read_fragment(job, d) is not None
+
+
+def test_merge_dedups_only_plane_vertices():
+    planes = np.array([10.0, 10.0, 10.0])
+    a = (np.array([[0, 0, 0], [10, 1, 1], [0, 5, 5]], float), np.array([[0, 1, 2]], np.uint32))
+    b = (np.array([[10, 1, 1], [20, 0, 0], [0, 0, 0]], float), np.array([[0, 1, 2]], np.uint32))
+    v, f = merge_across_boundaries([a, b], planes)
+    # (0,0,0) appears twice but off the planes: kept twice; (10,1,1) merged into one, appended last.
+    assert v.tolist() == [[0, 0, 0], [0, 5, 5], [20, 0, 0], [0, 0, 0], [10, 1, 1]]
+    assert f.tolist() == [[0, 4, 1], [4, 2, 3]]
+
+
+def test_shard_builder_matches_synthesize_shard(tmp_path):
+    spec = ShardingSpec(minishard_bits=3, minishard_index_encoding="gzip")
+    values = {int(k): bytes([k % 251]) * (k % 17 + 1) for k in range(1000, 1100, 3)}
+    builder = ShardBuilder(spec, spool_bytes=64)  # forces the spool to disk
+    for key in canonical_order(values, spec):
+        builder.add(key, values[key])
+    assert b"".join(builder.pieces(piece_bytes=50)) == synthesize_shard(values, spec)
+    with pytest.raises(Exception, match="canonical order"):
+        builder.add(1000, b"x")
+
+
+def test_missing_or_corrupt_child_shards_name_the_chunk(synthetic, tmp_path):
+    labels, agg = synthetic
+    g = build_graph(labels, str(tmp_path), resolution=SYNTH_RES, chunk_size=SYNTH_CHUNK, agglomeration=agg)
+    with pytest.raises(MeshingError, match=r"layer 2 chunk \[\d+, \d+, \d+\] has no shard file.*run layer 2"):
+        run(MeshConfig(graph=g.store_url, layers=[3], mip=0, executor="serial"), progress=False)
+    config = MeshConfig(graph=g.store_url, layers=[2], mip=0, executor="serial")
+    run(config, progress=False)
+    job = MeshJob(config)
+    layout = job.meta.layout
+    key = shard_key(layout, 2, int(layout.chunk_id(2, 1, 1, 1)))
+    data = job.bucket.read(key)
+    job.bucket.write(key, data[:100])  # truncated: the index points past the end
+    with pytest.raises(MeshingError, match=r"layer 2 chunk \[1, 1, 1\] is (corrupt|truncated)"):
+        run(MeshConfig(graph=g.store_url, layers=[3], mip=0, executor="serial", force=True), progress=False)
+
+
+def test_tiny_budget_spools_to_disk_with_identical_bytes(stitched, tmp_path):
+    job, _ = stitched
+    layout = job.meta.layout
+    before = {c: job.bucket.read(shard_key(layout, 4, int(layout.chunk_id(4, *c)))) for _, c in job.iter_chunks(4)}
+    config = job.config.model_copy(update={"layers": [3, 4], "force": True, "memory_budget": 256})
+    summary = run(config, progress=False)
+    assert summary.layers[1].over_budget > 0, "nodes bigger than a 256-byte budget are reported"
+    after = {c: job.bucket.read(shard_key(layout, 4, int(layout.chunk_id(4, *c)))) for _, c in job.iter_chunks(4)}
+    assert before == after
+
+
+def test_streaming_reads_fragments_not_whole_shards(stitched):
+    job, summary = stitched
+    layout = job.meta.layout
+    l2_total = sum(len(job.bucket.read(shard_key(layout, 2, int(layout.chunk_id(2, *c))))) for _, c in job.iter_chunks(2))
+    # Each chunk's shard is touched by one parent; reads are index entries, minishard indices, values.
+    assert summary.layers[1].shard_reads == sum(
+        1 for _, c in job.iter_chunks(2) if job.bucket.read(shard_key(layout, 2, int(layout.chunk_id(2, *c)))) and
+        len(job.bucket.read(shard_key(layout, 2, int(layout.chunk_id(2, *c))))) > 16 << 4)
+    assert summary.layers[1].bytes_read < l2_total
