@@ -73,9 +73,12 @@ def edge_use(faces: np.ndarray, return_edges: bool = False):
 
 
 def internal_plane_duplicates(job, node: int, frag) -> int:
-    """Vertices that share a position with another vertex on an internal chunk plane of ``node``.
+    """Unmerged seam vertices: positions on an internal chunk plane of ``node`` held by two or more
+    vertices, one of them on an open edge (a crack stitching should have closed).
 
     The planes are every layer's mid-planes inside the node's chunk, as the grid puts them.
+    Coincident copies around closed sheets are not cracks: Draco's encoder splits a vertex where
+    two sheets touch (a non-manifold vertex) into copies, so those are not counted.
     """
     layout, grid = job.meta.layout, job.grid
     layer = int(layout.get_chunk_layer(node))
@@ -94,8 +97,14 @@ def internal_plane_duplicates(job, node: int, frag) -> int:
     on = np.zeros(len(v), dtype=bool)
     for axis in range(3):
         on |= np.isin(v[:, axis], list(planes[axis]))
-    pts = v[on]
-    return int(len(pts) - len(np.unique(pts, axis=0)))
+    f = frag.faces.astype(np.int64)
+    edges = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), axis=1)
+    uniq, counts = np.unique(edges, axis=0, return_counts=True)
+    on_open = np.zeros(len(v), dtype=bool)
+    on_open[np.unique(uniq[counts == 1])] = True
+    _, inverse, copies = np.unique(v, axis=0, return_inverse=True, return_counts=True)
+    shared = copies[inverse.reshape(-1)] > 1
+    return int((on & shared & on_open).sum())
 
 
 def interior_roots(store, sv_volume: np.ndarray) -> set[int]:
@@ -123,3 +132,48 @@ def surface_faces(fragments) -> int:
                     & np.any(p[:, 0] != p[:, 2], axis=1))
         total += int(distinct.sum())
     return total
+
+
+def layer_view(job, root: int, layer: int, read=None) -> dict:
+    """What a viewer loading ``root`` at ``layer`` gets: surface faces, open and non-manifold edges
+    (as position pairs, fragments merged by position) and unmerged seam vertices."""
+    read = read or (lambda nodes: [read_fragment(job, n) for n in nodes])
+    nodes = manifest_nodes(job.store, root, layer)
+    frags = read(nodes)
+    assert all(f is not None for f in frags), f"root {root}: a node of its layer-{layer} manifest has no mesh"
+    vertices, faces = merged(frags)
+    edges, use = edge_use(faces, return_edges=True)
+    as_set = lambda sel: {tuple(map(tuple, vertices[e].tolist())) for e in edges[sel]}  # noqa: E731
+    return {"nodes": len(nodes), "faces": surface_faces(frags), "open": as_set(use == 1),
+            "nonmanifold": as_set(use > 2),
+            "unmerged": sum(internal_plane_duplicates(job, n, f) for n, f in zip(nodes, frags))}
+
+
+def assert_stitched_like_layer2(job, root: int, layers, read=None) -> dict:
+    """The fragments of every layer cover the layer-2 surface of ``root``: same faces, and the
+    same open and non-manifold edges (stitching closes seams, adds no cracks, hides nothing)."""
+    base = layer_view(job, root, 2, read)
+    for layer in layers:
+        view = layer_view(job, root, layer, read)
+        where = f"root {root} at layer {layer}"
+        assert view["faces"] == base["faces"], f"{where}: {view['faces']} faces, layer 2 has {base['faces']}"
+        assert view["open"] == base["open"], f"{where}: open edges differ from layer 2"
+        assert view["nonmanifold"] == base["nonmanifold"], f"{where}: non-manifold edges differ from layer 2"
+        # Coincident seam vertices are only left where Draco splits a vertex that is already
+        # non-manifold at layer 2; with a manifold layer-2 union every seam vertex is merged.
+        assert view["unmerged"] == 0 or base["nonmanifold"] or base["open"], f"{where}: unmerged seam vertices"
+    return base
+
+
+def on_l2_seams(job, points: np.ndarray) -> np.ndarray:
+    """Whether each point lies on a layer-2 chunk plane, as the (shared) Draco lattice puts it."""
+    grid = job.grid
+    b = grid.chunk_settings(int(grid.layout.chunk_id(2, 0, 0, 0))).bin
+    step = grid.block_shape(2) * np.asarray(grid.resolution)
+    base = np.asarray(grid.voxel_offset) * np.asarray(grid.resolution)
+    on = np.zeros(len(points), dtype=bool)
+    for axis in range(3):
+        k = np.round((points[:, axis] - base[axis]) / step[axis])
+        plane = base[axis] + k * step[axis]
+        on |= points[:, axis] == b * np.floor(plane / b + 0.5)
+    return on

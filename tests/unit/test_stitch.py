@@ -12,8 +12,8 @@ from raymesh.mesh_layout import shard_key
 from raymesh.sharding import ShardBuilder, ShardingSpec, canonical_order, synthesize_shard
 from raymesh.stitch import merge_across_boundaries, plan_chunk
 from raymesh.volume import read_block
-from stitch_checks import (edge_use, internal_plane_duplicates, interior_roots, l2_descendants, manifest_nodes,
-                           merged, read_fragment, surface_faces)
+from stitch_checks import (assert_stitched_like_layer2, edge_use, interior_roots, layer_view, manifest_nodes,
+                           merged, on_l2_seams, read_fragment)
 from support import SYNTH_CHUNK, SYNTH_RES
 
 TS = 2e9
@@ -39,32 +39,11 @@ def test_every_layer_covers_the_layer2_surface(stitched):
     job, summary = stitched
     assert [s.failures for s in summary.layers] == [[], [], []]
     assert all(s.missing == 0 for s in summary.layers)
-    store = job.store
     _, roots = _roots(job)
     assert len(roots) == 6
     for root in roots:
-        l2 = [read_fragment(job, n) for n in l2_descendants(store, root)]
-        expected = surface_faces([f for f in l2 if f is not None])
-        for layer in (2, 3, 4):
-            nodes = manifest_nodes(store, root, layer)
-            frags = [read_fragment(job, n) for n in nodes]
-            assert all(f is not None for f in frags), f"root {root}: a manifest node has no mesh at layer {layer}"
-            assert surface_faces(frags) == expected, f"root {root} at layer {layer}"
-            assert sum(internal_plane_duplicates(job, n, f) for n, f in zip(nodes, frags)) == 0
-
-
-def _on_l2_seams(job, points: np.ndarray) -> np.ndarray:
-    """Whether each point lies on a layer-2 chunk plane, as the (shared) Draco lattice puts it."""
-    grid = job.grid
-    b = grid.chunk_settings(int(grid.layout.chunk_id(2, 0, 0, 0))).bin
-    step = grid.block_shape(2) * np.asarray(grid.resolution)
-    base = np.asarray(grid.voxel_offset) * np.asarray(grid.resolution)
-    on = np.zeros(len(points), dtype=bool)
-    for axis in range(3):
-        k = np.round((points[:, axis] - base[axis]) / step[axis])
-        plane = base[axis] + k * step[axis]
-        on |= points[:, axis] == b * np.floor(plane / b + 0.5)
-    return on
+        assert_stitched_like_layer2(job, root, (3, 4))
+        assert layer_view(job, root, 4)["nodes"] == 1, "each synthetic object has one top-layer mesh"
 
 
 def test_interior_objects_are_closed_at_every_layer(stitched):
@@ -92,7 +71,7 @@ def test_interior_objects_are_closed_at_every_layer(stitched):
             edges, use = edge_use(faces, return_edges=True)
             assert np.all(use <= 2), f"root {root}: non-manifold edges at layer {layer}"
             opened = vertices[np.unique(edges[use == 1])]
-            assert np.all(_on_l2_seams(job, opened)), f"root {root}: opening off the layer-2 seams at layer {layer}"
+            assert np.all(on_l2_seams(job, opened)), f"root {root}: opening off the layer-2 seams at layer {layer}"
             openings.append(sorted(map(tuple, opened.tolist())))
         assert openings[0] == openings[1] == openings[2], f"root {root}: stitching changed its openings"
         closed += not openings[0]

@@ -1,0 +1,75 @@
+"""Stitching through the top layer on a real local Ray cluster, read back with CloudVolume."""
+
+import numpy as np
+import pytest
+
+from raymesh.builder import build_graph
+from raymesh.config import MeshConfig
+from raymesh.draco import Fragment
+from raymesh.driver import run
+from raymesh.job import MeshJob
+from raymesh.mesh_layout import shard_key
+from raymesh.volume import read_block
+from stitch_checks import assert_stitched_like_layer2, edge_use, interior_roots, manifest_nodes, merged, on_l2_seams
+from support import SYNTH_CHUNK, SYNTH_RES
+from test_l2_ray import cloudvolume_for
+
+
+def cloudvolume_reader(store):
+    """Fragments as CloudVolume's graphene client reads them (initial shards, per-layer specs)."""
+    cv = cloudvolume_for(store)
+
+    def read(nodes):
+        meshes = cv.mesh.get_meshes_on_bypass([int(n) for n in nodes], allow_missing=False)
+        return [Fragment(meshes[int(n)].vertices.astype(np.float64), meshes[int(n)].faces.astype(np.uint32), None)
+                for n in nodes]
+
+    return read
+
+
+def test_layers_identical_between_serial_and_ray(ray_local, synthetic, tmp_path):
+    from actors.ray_executor import RayExecutor
+
+    labels, agg = synthetic
+    outs = []
+    for name, executor in (("one", "serial"), ("two", "ray")):
+        g = build_graph(labels, str(tmp_path / name), resolution=SYNTH_RES, chunk_size=SYNTH_CHUNK,
+                        agglomeration=agg, graph_id="same")
+        config = MeshConfig(graph=g.store_url, layers=[2, 3, 4], mip=0, executor=executor, time_stamp=2e9)
+        run(config, executor=RayExecutor() if executor == "ray" else None, progress=False)
+        job = MeshJob(config)
+        layout = job.meta.layout
+        outs.append({(layer, c): job.bucket.read(shard_key(layout, layer, int(layout.chunk_id(layer, *c))))
+                     for layer in (2, 3, 4) for _, c in job.iter_chunks(layer)})
+    assert outs[0] == outs[1]
+    assert all(v is not None for v in outs[0].values())
+
+
+@pytest.mark.real_data
+def test_real_crop_through_the_top_layer(ray_local, real_labels, tmp_path):
+    """256x256x128 of the real volume, 4 layers: every root as a viewer would load it."""
+    from actors.ray_executor import RayExecutor
+
+    crop = np.asfortranarray(real_labels[128:384, 128:384, 192:320])
+    g = build_graph(crop, str(tmp_path), resolution=(8, 8, 40), chunk_size=(64, 64, 64))
+    config = MeshConfig(graph=g.store_url, layers=[2, 3, 4], mip=0, time_stamp=2e9)
+    summary = run(config, executor=RayExecutor(), progress=False)
+    assert [len(s.failures) for s in summary.layers] == [0, 0, 0]
+    assert summary.layers[1].missing == summary.layers[2].missing == 0
+    job = MeshJob(config)
+    store = job.store
+    read = cloudvolume_reader(store)
+    meta = store.meta
+    sv = read_block(meta.segmentation_path, 0, np.zeros(3, int), np.asarray(meta.size_at(0)))
+    roots = sorted(set(np.asarray(store.get_roots(np.unique(sv[sv > 0]))).tolist()))
+    for root in roots:
+        assert_stitched_like_layer2(job, root, (3, 4), read)
+    inside = interior_roots(store, sv)
+    closed = 0
+    for root in inside:
+        vertices, faces = merged(read(manifest_nodes(store, root, 4)))
+        edges, use = edge_use(faces, return_edges=True)
+        assert np.all(on_l2_seams(job, vertices[np.unique(edges[use == 1])])), f"root {root}: opening off the seams"
+        closed += not (use == 1).any()
+    # Measured: 131 of 139 closed; the rest open only where PCG's layer-2 remap leaves a gap.
+    assert closed >= 0.9 * len(inside), f"{closed} of {len(inside)} interior objects closed"
