@@ -21,7 +21,8 @@ def run_demo(out: str, workers: int = 2) -> int:
     from raymesh.config import MeshConfig
     from raymesh.driver import run
 
-    result = run(MeshConfig(graph=summary.store_url, layers=[2], mip=0, workers=workers))
+    layers = list(range(2, summary.n_layers + 1))  # layer 2, then stitched up to the root layer
+    result = run(MeshConfig(graph=summary.store_url, layers=layers, mip=0, workers=workers))
     for layer in result.layers:
         print(f"layer {layer.layer}: {layer.fragments} meshes in {layer.chunks} chunks "
               f"({layer.chunks_skipped} already done), {len(layer.failures)} failures")

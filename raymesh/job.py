@@ -80,6 +80,9 @@ class RunSummary:
         return json.dumps(asdict(self))
 
 
+SPOOL_BYTES = 2**20  # finished fragments held in memory before spilling to a temporary file
+
+
 class MeshJob:
     def __init__(self, config: MeshConfig):
         self.config = config
@@ -209,8 +212,7 @@ class MeshJob:
 
     def stitch_chunk(self, layer: int, coords, reader=None) -> ChunkStats:
         """Stitch one chunk node by node into its shard, streaming: one node's children decoded at
-        a time, finished fragments spooled (to disk past a quarter of the budget), the shard
-        written whole at the end."""
+        a time, finished fragments spooled to a temporary file, the shard written whole at the end."""
         from raymesh.sharding import ShardBuilder, canonical_order
         from raymesh.stitch import DECODE_FACTOR, node_cost, plan_chunk, stitch_nodes
 
@@ -223,7 +225,9 @@ class MeshJob:
         cost = node_cost(plan, reader)
         budget = self.config.memory_budget
         spec = self.sharding(layer)
-        builder = ShardBuilder(spec, spool_bytes=max(1, budget // 4))
+        # Finished fragments are written out as they come: the shard is ~8x bigger each layer,
+        # so keeping it in memory would make a task grow with the layer, as PCG's does.
+        builder = ShardBuilder(spec, spool_bytes=max(1, min(budget // 4, SPOOL_BYTES)))
         stats = ChunkStats(layer, tuple(coords), nodes=len(plan.descendants))
         stats.over_budget = [n for n, c in cost.items() if DECODE_FACTOR * c > budget]
         try:

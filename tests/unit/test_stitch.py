@@ -151,3 +151,27 @@ def test_streaming_reads_fragments_not_whole_shards(stitched):
         1 for _, c in job.iter_chunks(2) if job.bucket.read(shard_key(layout, 2, int(layout.chunk_id(2, *c)))) and
         len(job.bucket.read(shard_key(layout, 2, int(layout.chunk_id(2, *c))))) > 16 << 4)
     assert summary.layers[1].bytes_read < l2_total
+
+
+def test_cli_runs_layers_in_order_and_reports_stitching(synthetic, tmp_path, capsys):
+    from raymesh.cli import main
+
+    labels, agg = synthetic
+    g = build_graph(labels, str(tmp_path), resolution=SYNTH_RES, chunk_size=SYNTH_CHUNK, agglomeration=agg)
+    code = main(["mesh", "--graph", g.store_url, "--layers", "2-4", "--mip", "0", "--executor", "serial",
+                 "--quiet", "--memory-budget", "64MiB"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "layer 4: 1 chunks" in out and "descendants without a mesh" in out
+    assert main(["mesh", "--graph", g.store_url, "--layers", "2-4", "--executor", "serial", "--quiet",
+                 "--memory-budget", "lots"]) == 2
+    assert "not a size" in capsys.readouterr().err
+
+
+def test_configs_parse():
+    from pathlib import Path
+
+    from raymesh.config import load_config
+
+    config = load_config(str(Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"))
+    assert config.layers == [2, 3, 4] and config.memory_budget == 2 * 2**30
