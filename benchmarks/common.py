@@ -45,6 +45,17 @@ def load_real_or_exit(name: str):
     return np.asarray(load_labels(str(REAL_VOLUME)))
 
 
+QUICK_CROP = (slice(128, 384), slice(128, 384), slice(192, 320))  # 256x256x128, 4x4x2 chunks of 64^3
+
+
+def real_labels_or_exit(name: str, quick: bool):
+    """The real volume (Fortran order, as the builder reads it), or its quick crop."""
+    import numpy as np
+
+    labels = load_real_or_exit(name)
+    return np.asfortranarray(labels[QUICK_CROP] if quick else labels)
+
+
 def emit(name: str, figures: dict, inputs: dict) -> None:
     print(json.dumps({"benchmark": name, "figures": figures, "inputs": inputs,
                       "versions": versions(), "machine": machine()}))

@@ -14,9 +14,8 @@ import statistics
 import tempfile
 import time
 
-import numpy as np
 
-from benchmarks.common import emit, load_real_or_exit
+from benchmarks.common import emit, real_labels_or_exit
 
 
 def main() -> None:
@@ -24,9 +23,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
-    labels = load_real_or_exit("l2_rate")
-    crop = (slice(128, 384), slice(128, 384), slice(192, 320)) if args.quick else (slice(None),) * 3
-    labels = np.asfortranarray(labels[crop])
+    labels = real_labels_or_exit("l2_rate", args.quick)
     from raymesh.builder import build_graph
     from raymesh.config import MeshConfig
     from raymesh.job import MeshJob

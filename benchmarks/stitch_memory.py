@@ -20,9 +20,8 @@ import tempfile
 import time
 import tracemalloc
 
-import numpy as np
 
-from benchmarks.common import emit, load_real_or_exit
+from benchmarks.common import emit, real_labels_or_exit
 
 
 def _stitch_in_fresh_process(config_json: str, layer: int, coords, whole: bool, out: "mp.Queue") -> None:
@@ -77,9 +76,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="a 256x256x128 crop (4 layers)")
     args = ap.parse_args()
-    labels = load_real_or_exit("stitch_memory")
-    crop = (slice(128, 384), slice(128, 384), slice(192, 320)) if args.quick else (slice(None),) * 3
-    labels = np.asfortranarray(labels[crop])
+    labels = real_labels_or_exit("stitch_memory", args.quick)
     from raymesh.builder import build_graph
     from raymesh.config import MeshConfig
     from raymesh.driver import run

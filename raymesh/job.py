@@ -220,8 +220,7 @@ class MeshJob:
         chunk = int(layout.chunk_id(layer, *coords))
         plan = plan_chunk(self.store, layer, chunk, self.time_stamp)
         reader = reader or self.fragment_reader()
-        if hasattr(reader, "preload"):
-            reader.preload(d for desc in plan.descendants.values() for d in desc)
+        reader.preload(d for desc in plan.descendants.values() for d in desc)
         cost = node_cost(plan, reader)
         budget = self.config.memory_budget
         spec = self.sharding(layer)

@@ -92,39 +92,13 @@ def _decode(data: bytes, encoding: str) -> bytes:
 
 def synthesize_shard(values: Mapping[int, bytes], spec: ShardingSpec) -> bytes:
     """One shard file holding ``{key: value}`` (all keys must belong to the same shard)."""
-    keys = np.array(sorted(int(k) for k in values), dtype=np.uint64)
-    n_mini = 1 << spec.minishard_bits
-    if len(keys):
-        shards = np.unique(spec.shard_of(keys))
-        if len(shards) > 1:
-            raise ShardError(f"keys span shards {shards.tolist()}; write one file per shard number")
-        minis = spec.minishard_of(keys)
-    else:
-        minis = np.empty(0, dtype=np.uint64)
-    data_parts: list[bytes] = []
-    index_parts: list[bytes] = []
-    shard_index = np.zeros((n_mini, 2), dtype="<u8")
-    data_offset = 0
-    encoded = {int(k): (_gzip(values[int(k)]) if spec.data_encoding == "gzip" else bytes(values[int(k)]))
-               for k in keys}
-    total_data = sum(len(v) for v in encoded.values())
-    index_offset = total_data
-    for m in np.unique(minis):
-        mkeys = keys[minis == m]  # sorted ascending
-        sizes = np.array([len(encoded[int(k)]) for k in mkeys], dtype=np.uint64)
-        table = np.zeros((3, len(mkeys)), dtype="<u8")
-        table[0] = np.diff(mkeys, prepend=np.uint64(0))
-        table[1, 0] = data_offset
-        table[2] = sizes
-        for k in mkeys:
-            data_parts.append(encoded[int(k)])
-        data_offset += int(sizes.sum())
-        raw = table.tobytes()
-        blob = _gzip(raw) if spec.minishard_index_encoding == "gzip" else raw
-        shard_index[int(m)] = (index_offset, index_offset + len(blob))
-        index_offset += len(blob)
-        index_parts.append(blob)
-    return shard_index.tobytes() + b"".join(data_parts) + b"".join(index_parts)
+    builder = ShardBuilder(spec, spool_bytes=2**62)  # never spills: the caller has the values in memory
+    for key in canonical_order(values, spec):
+        builder.add(key, values[key])
+    try:
+        return b"".join(builder.pieces())
+    finally:
+        builder.close()
 
 
 def canonical_order(keys: Iterable[int], spec: ShardingSpec) -> list[int]:
@@ -147,20 +121,25 @@ class ShardBuilder:
         self.spec = spec
         self._data = tempfile.SpooledTemporaryFile(max_size=spool_bytes)
         self._keys: list[int] = []
+        self._minishards: list[int] = []
         self._sizes: list[int] = []
-        self._last: tuple[int, int] | None = None
+        self._shard: int | None = None
 
     def add(self, key: int, value: bytes) -> None:
         key = int(key)
-        if self.spec.shard_of(np.array([key], dtype=np.uint64))[0] != 0 and self.spec.shard_bits:
-            raise ShardError(f"key {key} does not belong to shard 0")
-        rank = (int(self.spec.minishard_of(np.array([key], dtype=np.uint64))[0]), key)
-        if self._last is not None and rank <= self._last:
-            raise ShardError(f"key {key} added out of canonical order (after {self._last[1]})")
-        self._last = rank
+        as_array = np.array([key], dtype=np.uint64)
+        shard = int(self.spec.shard_of(as_array)[0])
+        if self._shard is None:
+            self._shard = shard
+        elif shard != self._shard:
+            raise ShardError(f"keys span shards {[self._shard, shard]}; write one file per shard number")
+        minishard = int(self.spec.minishard_of(as_array)[0])
+        if self._keys and (minishard, key) <= (self._minishards[-1], self._keys[-1]):
+            raise ShardError(f"key {key} added out of canonical order (after {self._keys[-1]})")
         encoded = _gzip(value) if self.spec.data_encoding == "gzip" else bytes(value)
         self._data.write(encoded)
         self._keys.append(key)
+        self._minishards.append(minishard)
         self._sizes.append(len(encoded))
 
     @property
@@ -175,7 +154,7 @@ class ShardBuilder:
         spec = self.spec
         keys = np.array(self._keys, dtype=np.uint64)
         sizes = np.array(self._sizes, dtype=np.uint64)
-        minis = spec.minishard_of(keys) if len(keys) else np.empty(0, dtype=np.uint64)
+        minis = np.array(self._minishards, dtype=np.uint64)
         shard_index = np.zeros((1 << spec.minishard_bits, 2), dtype="<u8")
         blobs = []
         data_offset, index_offset = 0, self.data_bytes

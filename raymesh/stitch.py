@@ -9,7 +9,7 @@ task never holds every child shard of its chunk. ``plan_chunk`` does the graph r
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -79,7 +79,6 @@ class ReadStats:
     shard_files: int = 0  # distinct child shards touched
     range_reads: int = 0
     bytes_read: int = 0
-    missing: list[int] = field(default_factory=list)  # descendants with no fragment in their shard
 
 
 class FragmentReader:
@@ -98,6 +97,9 @@ class FragmentReader:
         self._readers: dict[int, Callable] = {}
         self._tables: dict[tuple[int, int], np.ndarray] = {}
         self.stats = ReadStats()
+
+    def preload(self, nodes: Iterable[int]) -> None:
+        """Nothing to do: fragments are read when asked for (``WholeShardReader`` loads here)."""
 
     def _where(self, chunk: int) -> str:
         layer = int(self.layout.get_chunk_layer(chunk))
@@ -151,7 +153,6 @@ class FragmentReader:
     def read(self, node: int) -> bytes | None:
         where = self.locate(node)
         if where is None:
-            self.stats.missing.append(int(node))
             return None
         start, size = where
         chunk = int(self.layout.get_chunk_id(node))
@@ -185,10 +186,7 @@ class WholeShardReader(FragmentReader):
         return (0, len(values[node])) if node in values else None
 
     def read(self, node: int) -> bytes | None:
-        values = self._values.get(int(self.layout.get_chunk_id(node)), {})
-        if node not in values:
-            self.stats.missing.append(int(node))
-        return values.get(node)
+        return self._values.get(int(self.layout.get_chunk_id(node)), {}).get(node)
 
 
 # ---- geometry -----------------------------------------------------------------------------------

@@ -26,9 +26,9 @@ def assert_matches_direct_zmesh(job, coords) -> int:
     zmesh 1.15 simplifies the second and later labels of a mesher less than a fresh mesher would
     (state carried between get() calls), so the sequence is part of the reference.
     """
-    grid, store = job.grid, job.store
+    grid = job.grid
     chunk = int(grid.layout.chunk_id(2, *coords))
-    labels = remap_chunk(read_l2_block(store.meta, grid, coords), fetch_neighbourhood(store, coords, job.time_stamp))
+    labels = remapped_block(job, coords)[1]
     mesher = zmesh.Mesher(grid.resolution)
     mesher.mesh(labels)
     frags = chunk_fragments(job, coords)
