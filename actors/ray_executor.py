@@ -1,31 +1,59 @@
-"""The Ray executor: tasks through a bounded in-flight window (ray-notes.md, "Many tasks")."""
+"""The Ray runtime: chunks of a layer as tasks through a bounded window, with shard caches and
+memory-aware placement (../shared/docs/architecture.md, actors/; ray-notes.md).
+
+- The driver never lists a layer's chunks: it pulls them lazily and keeps at most ``window``
+  tasks in flight (a full connectome has ~10 million layer-2 chunks).
+- A task's shard comes back as an object the driver owns; ``ShardCaches`` file the refs under the
+  chunks that will read them, and a stitching task gets its children's refs as top-level
+  arguments, so Ray runs it where the bytes are and nobody reads the shard from storage again.
+- Each task asks for the memory its estimate says (and the big-memory resource on high layers).
+  A request no node can satisfy fails the job with the layer and the budget named, after
+  ``placement_timeout`` seconds for an autoscaler to add a node, instead of hanging.
+"""
 
 from __future__ import annotations
 
+import itertools
+import socket
+import time
 from typing import Callable, Iterable, Iterator
 
+import numpy as np
 import ray
 
+from actors.shard_cache import ShardCaches
 from raymesh.errors import ConfigError
+from raymesh.placement import TaskRequest, unsatisfiable
+
+_EMPTY = np.zeros(0, dtype=np.uint8)
 
 
 def _call(fn, item):
     return fn(item)
 
 
-class RayExecutor:
-    """Connects to (or starts) Ray and runs ``fn(item)`` as retriable tasks.
+def _mesh_batch(job, batch, keep_shards: bool, shard_chunks: list[int], *shards):
+    """One task: mesh a batch of chunks in order. Returns the stats and consumers, then (with
+    ``keep_shards``) one shard array per chunk, each its own object so each is freed on its own."""
+    cached = dict(zip(shard_chunks, shards))
+    outputs = [job.mesh_chunk(tuple(item), cached, keep_shards) for item in batch]
+    meta = [(o.stats, o.consumers) for o in outputs]
+    if not keep_shards:
+        return meta
+    return (meta, *[o.shard if o.shard is not None else _EMPTY for o in outputs])
 
-    ``fn`` is put in the object store once (for a job: its config), not shipped with every task.
-    At most ``window`` tasks are pending, so the driver's memory does not grow with the layer.
-    """
+
+class RayExecutor:
+    """Connects to (or starts) Ray; runs meshing layers, or any ``fn(item)``, as retriable tasks."""
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None,
-                 object_store_memory: int | None = None, window: int | None = None, max_retries: int = 3):
+                 object_store_memory: int | None = None, window: int | None = None, max_retries: int = 3,
+                 cache_actors: int = 2):
         self._started = False
         if not ray.is_initialized():
             kwargs = {"include_dashboard": False, "log_to_driver": True}
             if address:
+                _check_reachable(address)
                 kwargs["address"] = address
             else:
                 kwargs["num_cpus"] = num_cpus
@@ -39,29 +67,148 @@ class RayExecutor:
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.window = window or max(4, 4 * cpus)
         self.max_retries = max_retries
+        self.cache_actors = cache_actors
         self._remote = ray.remote(_call).options(max_retries=max_retries)
+        self._mesh = ray.remote(max_retries=max_retries)(_mesh_batch)
+        self._caches: ShardCaches | None = None
+        self._job_ref = None
+        self._job = None
+        self._fits: set[tuple] = set()
+        self.resubmitted = 0  # batches run again without cached shards after losing them
 
+    # ---- generic ----------------------------------------------------------------------------
     def imap_unordered(self, fn: Callable, items: Iterable) -> Iterator:
         fn_ref = ray.put(fn)
         inflight = []
         for item in items:
             inflight.append(self._remote.remote(fn_ref, item))
             if len(inflight) >= self.window:
-                done, inflight = ray.wait(inflight, num_returns=1)
+                done, inflight = ray.wait(inflight, num_returns=1, fetch_local=False)
                 yield _get(done[0])
         while inflight:
-            done, inflight = ray.wait(inflight, num_returns=1)
+            done, inflight = ray.wait(inflight, num_returns=1, fetch_local=False)
             yield _get(done[0])
 
+    # ---- meshing layers -----------------------------------------------------------------------
+    def run_layer(self, job, layer: int) -> Iterator:
+        """Mesh every chunk of ``layer``; yields each chunk's ``ChunkStats`` as it finishes."""
+        if self._job is not job:
+            self.end_job()
+            self._job, self._job_ref = job, ray.put(job)
+            if job.config.shard_cache:
+                self._caches = ShardCaches(self.cache_actors)
+        config = job.config
+        keep = config.shard_cache and layer < max(config.layers)
+        from_cache = self._caches is not None and layer > config.layers[0]
+        batches = _batches(job.iter_chunks(layer), config.chunks_per_task)
+        inflight: dict = {}
+        for batch in batches:
+            self._submit(job, layer, batch, keep, from_cache, inflight)
+            while len(inflight) >= self.window:
+                yield from self._collect(job, layer, keep, inflight)
+        while inflight:
+            yield from self._collect(job, layer, keep, inflight)
+
+    def _submit(self, job, layer: int, batch: list, keep: bool, from_cache: bool, inflight: dict) -> None:
+        layout = job.meta.layout
+        chunk_ids, refs, child_bytes = [], [], 0
+        if from_cache:
+            consumers = [(layer, int(layout.chunk_id(layer, *coords))) for _, coords in batch]
+            chunk_ids, refs, child_bytes = self._caches.take(consumers)
+        request = job.task_request(layer, child_bytes)
+        self._check_fits(job, layer, request)
+        options = {"num_returns": 1 + (len(batch) if keep else 0), "memory": request.memory}
+        if request.resources:
+            options["resources"] = request.resources
+        out = self._mesh.options(**options).remote(self._job_ref, batch, keep, chunk_ids, *refs)
+        meta_ref, shard_refs = (out[0], out[1:]) if keep else (out, [])
+        inflight[meta_ref] = (batch, shard_refs, bool(refs))
+
+    def _collect(self, job, layer: int, keep: bool, inflight: dict) -> Iterator:
+        done, _ = ray.wait(list(inflight), num_returns=1, fetch_local=False)
+        batch, shard_refs, had_refs = inflight.pop(done[0])
+        try:
+            meta = ray.get(done[0])
+        except (ray.exceptions.ObjectLostError, ray.exceptions.RayTaskError) as exc:
+            if not had_refs or not _lost_input(exc):
+                raise _cause(exc) from None
+            # A cached child shard was lost with its node and could not be rebuilt: read storage.
+            self.resubmitted += 1
+            self._submit(job, layer, batch, keep, False, inflight)
+            return
+        for (stats, consumers), shard_ref in itertools.zip_longest(meta, shard_refs):
+            if consumers and shard_ref is not None and self._caches is not None:
+                chunk = int(job.meta.layout.chunk_id(layer, *stats.chunk))
+                self._caches.add(consumers, chunk, shard_ref, stats.shard_bytes)
+            yield stats
+
+    def _check_fits(self, job, layer: int, request: TaskRequest) -> None:
+        """Fail fast (or after ``placement_timeout``) when no node can ever run the task."""
+        key = (request.memory, tuple(sorted(request.resources.items())))
+        if key in self._fits:
+            return
+        deadline = time.monotonic() + job.config.placement_timeout
+        while True:
+            nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+            why = unsatisfiable(request, nodes)
+            if why is None:
+                self._fits.add(key)
+                return
+            if time.monotonic() >= deadline:
+                budget = job.config.memory_budget
+                raise ConfigError(
+                    f"layer {layer} cannot be placed: {why} (memory budget {budget / 2**30:.2f} GiB, "
+                    f"waited {job.config.placement_timeout:.0f} s for a node). Lower memory_budget, "
+                    "give the cluster a node group with that much memory or the resource "
+                    "(kuberay/raycluster.yaml), or raise placement_timeout for an autoscaler")
+            time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
+
+    def end_job(self) -> None:
+        """Drop the job's cached shards (consumers outside the job never take theirs)."""
+        if self._caches is not None:
+            self._caches.close()
+        self._caches, self._job, self._job_ref = None, None, None
+
     def shutdown(self) -> None:
+        self.end_job()
         if self._started:
             ray.shutdown()
             self._started = False
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Ray keeps retrying an address that does not answer for minutes; check it first."""
+    if address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"Ray address {address!r} is not auto, host:port or ray://host:port")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ConfigError(f"cannot reach the Ray cluster at {address!r} ({exc}); check the address "
+                          "(auto, host:6379, ray://host:10001) and that the cluster is up") from exc
+
+
+def _batches(items: Iterable, size: int) -> Iterator[list]:
+    it = iter(items)
+    while batch := list(itertools.islice(it, size)):
+        yield batch
+
+
+def _lost_input(exc: Exception) -> bool:
+    cause = getattr(exc, "cause", exc)
+    return isinstance(exc, ray.exceptions.ObjectLostError) or isinstance(cause, ray.exceptions.ObjectLostError)
+
+
+def _cause(exc: Exception) -> Exception:
+    cause = getattr(exc, "cause", None)
+    return cause if cause is not None else exc
 
 
 def _get(ref):
     try:
         return ray.get(ref)
     except ray.exceptions.RayTaskError as exc:
-        cause = exc.cause if getattr(exc, "cause", None) is not None else exc
-        raise cause from None
+        raise _cause(exc) from None

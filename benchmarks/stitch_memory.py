@@ -36,7 +36,7 @@ def _stitch_in_fresh_process(config_json: str, layer: int, coords, whole: bool, 
     job.stitch_chunk(layer, coords, reader=job.fragment_reader(whole_shards=whole))  # warm-up, untraced
     seconds = time.perf_counter() - t0
     tracemalloc.start()
-    stats = job.stitch_chunk(layer, coords, reader=job.fragment_reader(whole_shards=whole))
+    stats = job.stitch_chunk(layer, coords, reader=job.fragment_reader(whole_shards=whole)).stats
     traced_peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -36,6 +36,10 @@ def add_mesh_commands(sub) -> None:
     p.add_argument("--memory-budget", help="memory one stitching task may use (default 2GiB)")
     p.add_argument("--workers", type=int, help="local Ray CPUs")
     p.add_argument("--address", help="Ray address: auto, ray://host:10001")
+    p.add_argument("--chunks-per-task", type=int, help="chunks one Ray task meshes in a row (default 1)")
+    p.add_argument("--highmem-layer", type=int, help="layers from this one up also ask for the big-memory resource")
+    p.add_argument("--placement-timeout", type=float,
+                   help="seconds to wait for a node that fits a task (autoscaling clusters); default 0")
     p.add_argument("--executor", choices=["ray", "serial"])
     p.add_argument("--force", action="store_true", default=None, help="redo chunks already written")
     p.add_argument("--summary-json", help="also write the run summary JSON to this file")
@@ -60,7 +64,9 @@ def config_from_args(args):
                        chunk_end=args.chunk_end, mip=args.mip, max_error=args.max_error,
                        mesh_dir=args.mesh_dir, time_stamp=args.time_stamp,
                        dust_threshold=args.dust_threshold, workers=args.workers, address=args.address,
-                       executor=args.executor, force=args.force, memory_budget=args.memory_budget)
+                       executor=args.executor, force=args.force, memory_budget=args.memory_budget,
+                       chunks_per_task=args.chunks_per_task, highmem_layer=args.highmem_layer,
+                       placement_timeout=args.placement_timeout)
 
 
 def cmd_mesh(args) -> int:
@@ -72,7 +78,8 @@ def cmd_mesh(args) -> int:
               f"{layer.fragments} meshes of {layer.nodes} nodes, {layer.bytes_written} bytes, "
               f"{len(layer.failures)} failures, {layer.seconds:.1f} s")
         if layer.layer > 2:
-            print(f"  read {layer.bytes_read} bytes from {layer.shard_reads} child shards; "
+            print(f"  read {layer.bytes_read} bytes of child shards: {layer.shard_reads} from storage, "
+                  f"{layer.cache_reads} from the object store; "
                   f"{layer.missing} descendants without a mesh; {layer.over_budget} nodes over the memory budget")
         for failure in layer.failures:
             print(f"  failed: {failure}")

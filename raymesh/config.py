@@ -49,6 +49,14 @@ class MeshConfig(BaseModel):
     sharding: dict[int, ShardingOverride] = Field(default_factory=dict)
     memory_budget: int = Field(2 * 2**30, gt=0, description="bytes one stitching task may use; "
                                "accepts 2GiB, 512MiB, ...")
+    highmem_layer: Optional[int] = Field(None, ge=2, description="layers at or above this one also ask "
+                                         "Ray for one unit of highmem_resource (big-memory nodes)")
+    highmem_resource: str = Field("raymesh_highmem", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                                  description="custom resource name the big-memory node group carries")
+    placement_timeout: float = Field(0.0, ge=0, description="seconds to wait for a node that fits a "
+                                     "task's request (an autoscaler adding one) before failing; 0: fail at once")
+    chunks_per_task: int = Field(1, ge=1, description="chunks meshed one after another by one Ray task")
+    shard_cache: bool = Field(True, description="keep written shards in Ray's object store for the layer above")
     workers: Optional[int] = Field(None, ge=1, description="local Ray CPUs")
     address: Optional[str] = Field(None, description="Ray address: auto, ray://host:port; default local")
     executor: str = Field("ray", pattern="^(ray|serial)$")

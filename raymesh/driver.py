@@ -36,7 +36,7 @@ def run(config: MeshConfig, executor: Executor | None = None, progress: bool = T
             layer_summary = LayerSummary(layer)
             total = job.count_chunks(layer)
             bar = _progress(total, f"layer {layer}", progress)
-            for stats in executor.imap_unordered(job.run_chunk, job.iter_chunks(layer)):
+            for stats in executor.run_layer(job, layer):
                 layer_summary.add(stats)
                 bar.update(1)
             bar.close()
@@ -44,6 +44,7 @@ def run(config: MeshConfig, executor: Executor | None = None, progress: bool = T
             summary.layers.append(layer_summary)
             job.write_metadata(max_layer=layer)
     finally:
+        executor.end_job()
         if own_executor:
             executor.shutdown()
     summary.seconds = round(time.perf_counter() - t_job, 3)

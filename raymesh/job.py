@@ -21,8 +21,9 @@ from raymesh.errors import ConfigError
 from raymesh.graph import open_store
 from raymesh.graph.base import read_ms, to_datetime, utcnow
 from raymesh.mesh_layout import default_sharding, mesh_info, mesh_metadata, shard_key
+from raymesh.placement import TaskRequest, l2_request, layer_resources, stitch_request
 from raymesh.sharding import ShardingSpec, synthesize_shard
-from raymesh.storage import Bucket, join
+from raymesh.storage import Bucket, RangeError, join
 
 
 @dataclass
@@ -35,8 +36,10 @@ class ChunkStats:
     failures: list[str] = field(default_factory=list)
     skipped: bool = False
     seconds: float = 0.0
-    shard_reads: int = 0  # child shard files touched (stitching)
+    shard_reads: int = 0  # shard files read from storage (child shards; own shard when resumed)
+    cache_reads: int = 0  # child shards handed over from the object store
     bytes_read: int = 0  # child shard bytes read (stitching)
+    shard_bytes: int = 0  # size of this chunk's shard, written now or found from a previous run
     missing: int = 0  # descendants without a fragment in an existing child shard
     over_budget: list[int] = field(default_factory=list)  # nodes whose decoded children exceed the budget
 
@@ -52,6 +55,7 @@ class LayerSummary:
     failures: list[str] = field(default_factory=list)
     seconds: float = 0.0
     shard_reads: int = 0
+    cache_reads: int = 0
     bytes_read: int = 0
     missing: int = 0
     over_budget: int = 0
@@ -64,6 +68,7 @@ class LayerSummary:
         self.bytes_written += s.bytes_written
         self.failures.extend(f"chunk {s.chunk}: {f}" for f in s.failures)
         self.shard_reads += s.shard_reads
+        self.cache_reads += s.cache_reads
         self.bytes_read += s.bytes_read
         self.missing += s.missing
         self.over_budget += len(s.over_budget)
@@ -78,6 +83,16 @@ class RunSummary:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
+
+
+@dataclass
+class ChunkOutput:
+    """A task's answer for one chunk: its stats and, for the shard caches, the shard's bytes with
+    the chunks of this job that will read them (none when no later layer does)."""
+
+    stats: ChunkStats
+    shard: np.ndarray | None = None
+    consumers: list[tuple[int, int]] = field(default_factory=list)  # (layer, chunk id)
 
 
 SPOOL_BYTES = 2**20  # finished fragments held in memory before spilling to a temporary file
@@ -170,6 +185,15 @@ class MeshJob:
         start, end = self.chunk_range(layer)
         return int(np.prod(np.subtract(end, start)))
 
+    def task_request(self, layer: int, child_bytes: int = 0) -> TaskRequest:
+        """What one chunk's task asks the scheduler for (memory estimate, big-memory resource)."""
+        budget = self.config.memory_budget
+        if layer == 2:
+            memory = l2_request(np.asarray(self.grid.block_shape(2)) + 1, budget)
+        else:
+            memory = stitch_request(child_bytes, budget)
+        return TaskRequest(memory, layer_resources(layer, self.config.highmem_layer, self.config.highmem_resource))
+
     # ---- the task body ------------------------------------------------------------------------
     def shard_path(self, layer: int, coords) -> str:
         layout = self.meta.layout
@@ -177,24 +201,81 @@ class MeshJob:
 
     def run_chunk(self, item: tuple[int, tuple[int, int, int]]) -> ChunkStats:
         """Mesh one chunk and write its shard whole (or skip it when a previous run wrote it)."""
+        return self.mesh_chunk(item).stats
+
+    def mesh_chunk(self, item: tuple[int, tuple[int, int, int]], shards: dict[int, np.ndarray] | None = None,
+                   keep_shard: bool = False) -> ChunkOutput:
+        """``run_chunk`` for the Ray runtime: child shards may come from the object store
+        (``shards``: chunk id -> bytes), and with ``keep_shard`` the chunk's own shard comes back
+        with the chunks that will read it, so the layer above does not read it from storage."""
         layer, coords = item
         t0 = time.perf_counter()
         key = self.shard_path(layer, coords)
         if not self.config.force and self.bucket.exists(key):
-            return ChunkStats(layer, tuple(coords), skipped=True)
+            return self._resumed(layer, coords, key, keep_shard)
         if layer > 2:
-            stats = self.stitch_chunk(layer, coords)
-            stats.seconds = time.perf_counter() - t0
-            return stats
+            out = self.stitch_chunk(layer, coords, shards=shards, keep_shard=keep_shard)
+        else:
+            out = self._mesh_l2(coords, keep_shard)
+        out.stats.seconds = time.perf_counter() - t0
+        return out
+
+    def _mesh_l2(self, coords, keep_shard: bool) -> ChunkOutput:
         from raymesh.l2 import mesh_l2_chunk
 
         result = mesh_l2_chunk(self.store, self.grid, coords, time_stamp=self.time_stamp,
                                max_error=self.config.max_error, dust_threshold=self.config.dust_threshold)
-        data = synthesize_shard(result.fragments, self.sharding(layer))
-        self.bucket.write(key, data)
-        return ChunkStats(layer, tuple(coords), nodes=result.n_nodes, fragments=len(result.fragments),
-                          bytes_written=len(data), failures=result.failures,
-                          seconds=time.perf_counter() - t0)
+        data = synthesize_shard(result.fragments, self.sharding(2))
+        self.bucket.write(self.shard_path(2, coords), data)
+        stats = ChunkStats(2, tuple(coords), nodes=result.n_nodes, fragments=len(result.fragments),
+                           bytes_written=len(data), failures=result.failures, shard_bytes=len(data))
+        return self._output(stats, data, list(result.fragments), keep_shard)
+
+    def _resumed(self, layer: int, coords, key: str, keep_shard: bool) -> ChunkOutput:
+        """A chunk a previous run wrote whole. Its shard is loaded for the caches only when a chunk
+        of this job that reads it is not done yet (a run resumed mid-layer, or started above 2)."""
+        stats = ChunkStats(layer, tuple(coords), skipped=True)
+        if not keep_shard:
+            return ChunkOutput(stats)
+        data = self.bucket.read(key)
+        stats.shard_reads, stats.shard_bytes = 1, len(data)
+        from raymesh.sharding import disassemble_shard
+
+        nodes = sorted(disassemble_shard(data, self.sharding(layer)))
+        out = self._output(stats, data, nodes, keep_shard)
+        if all(self.bucket.exists(self.shard_path(c_layer, self.meta.layout.get_chunk_coordinates(c).tolist()))
+               for c_layer, c in out.consumers) and not self.config.force:
+            return ChunkOutput(stats)
+        return out
+
+    def _output(self, stats: ChunkStats, data, nodes: list[int], keep_shard: bool) -> ChunkOutput:
+        if not keep_shard or not nodes:
+            return ChunkOutput(stats)
+        consumers = self.consumer_chunks(nodes)
+        if not consumers:
+            return ChunkOutput(stats)
+        shard = data if isinstance(data, np.ndarray) else np.frombuffer(data, dtype=np.uint8)
+        return ChunkOutput(stats, shard, consumers)
+
+    def consumer_chunks(self, nodes: list[int]) -> list[tuple[int, int]]:
+        """``(layer, chunk id)`` of the chunks this job stitches that read these nodes' fragments."""
+        from raymesh.stitch import consumer_nodes
+
+        layout = self.meta.layout
+        consumers = consumer_nodes(self.store, np.array(nodes, dtype=np.uint64), self.time_stamp)
+        consumers = consumers[consumers != 0]
+        chunks = np.unique(layout.get_chunk_id(consumers)) if len(consumers) else []
+        wanted = set(self.config.layers)
+        out = []
+        for chunk in chunks:
+            layer = int(layout.get_chunk_layer(chunk))
+            if layer in wanted and self._in_range(layer, layout.get_chunk_coordinates(chunk)):
+                out.append((layer, int(chunk)))
+        return out
+
+    def _in_range(self, layer: int, coords) -> bool:
+        start, end = self.chunk_range(layer)
+        return all(s <= int(c) < e for s, c, e in zip(start, coords, end))
 
     def open_shard(self, layer: int, chunk_id: int):
         """A ranged reader over a chunk's shard in storage (None for a missing file)."""
@@ -210,7 +291,8 @@ class MeshJob:
                                     lambda layer, chunk: self.bucket.read(shard_key(layout, layer, chunk)))
         return FragmentReader(self.meta.layout, self.sharding, self.open_shard)
 
-    def stitch_chunk(self, layer: int, coords, reader=None) -> ChunkStats:
+    def stitch_chunk(self, layer: int, coords, reader=None, shards: dict[int, np.ndarray] | None = None,
+                     keep_shard: bool = False) -> ChunkOutput:
         """Stitch one chunk node by node into its shard, streaming: one node's children decoded at
         a time, finished fragments spooled to a temporary file, the shard written whole at the end."""
         from raymesh.sharding import ShardBuilder, canonical_order
@@ -219,7 +301,9 @@ class MeshJob:
         layout = self.meta.layout
         chunk = int(layout.chunk_id(layer, *coords))
         plan = plan_chunk(self.store, layer, chunk, self.time_stamp)
-        reader = reader or self.fragment_reader()
+        cache_hits: set[int] = set()
+        if reader is None:
+            reader = self.fragment_reader() if not shards else self._cached_reader(shards, cache_hits)
         reader.preload(d for desc in plan.descendants.values() for d in desc)
         cost = node_cost(plan, reader)
         budget = self.config.memory_budget
@@ -237,12 +321,41 @@ class MeshJob:
                 else:
                     builder.add(result.node, result.data)
             stats.fragments = len(builder)
-            stats.bytes_written = self.bucket.write_pieces(shard_key(layout, layer, chunk), builder.pieces())
+            key = shard_key(layout, layer, chunk)
+            if keep_shard and len(builder):
+                # The caches want the bytes; assemble them once and write that same buffer.
+                data = np.concatenate([np.frombuffer(p, dtype=np.uint8) for p in builder.pieces()])
+                stats.bytes_written = self.bucket.write_pieces(key, [memoryview(data)])
+            else:
+                data = None
+                stats.bytes_written = self.bucket.write_pieces(key, builder.pieces())
+            nodes = list(builder.keys)
         finally:
             builder.close()
-        stats.shard_reads = reader.stats.shard_files
+        stats.shard_bytes = stats.bytes_written
+        stats.cache_reads = len(cache_hits)
+        stats.shard_reads = reader.stats.shard_files - len(cache_hits)
         stats.bytes_read = reader.stats.bytes_read
-        return stats
+        return self._output(stats, data, nodes, keep_shard)
+
+    def _cached_reader(self, shards: dict[int, np.ndarray], hits: set[int]):
+        """A fragment reader that serves the shards it was handed (zero-copy views of the object
+        store) and falls back to storage for the others (a lost cache, a chunk from an older run)."""
+        from raymesh.stitch import FragmentReader
+
+        def open_shard(layer: int, chunk: int):
+            data = shards.get(chunk)
+            if data is None:
+                return self.open_shard(layer, chunk)
+            hits.add(chunk)
+
+            def read(start: int, stop: int) -> bytes:
+                if start > len(data) or stop > len(data):
+                    raise RangeError(f"bytes [{start}:{stop}] are past the end of a {len(data)}-byte shard")
+                return bytes(data[start:stop])
+            return read
+
+        return FragmentReader(self.meta.layout, self.sharding, open_shard)
 
     # ---- metadata -----------------------------------------------------------------------------
     def write_metadata(self, max_layer: int) -> None:

@@ -143,6 +143,10 @@ class ShardBuilder:
         self._sizes.append(len(encoded))
 
     @property
+    def keys(self) -> list[int]:
+        return list(self._keys)
+
+    @property
     def data_bytes(self) -> int:
         return int(sum(self._sizes))
 

@@ -292,3 +292,31 @@ def stitch_nodes(grid: MeshGrid, plan: StitchPlan, nodes: Iterable[int], reader:
 def node_cost(plan: StitchPlan, reader: FragmentReader) -> dict[int, int]:
     """Bytes of child fragments per node (known from the minishard indices, no fragment read)."""
     return {n: sum(reader.size(d) for d in desc) for n, desc in plan.descendants.items()}
+
+
+def consumer_nodes(store, nodes: np.ndarray, time_stamp=None) -> np.ndarray:
+    """For each meshed node, the node whose stitching reads its fragment (0 for none).
+
+    That is the first ancestor with more than one child: single-child parents are never meshed
+    (7.1), and ``plan_chunk`` descends through them to this node. It is the inverse of the plan,
+    so a shard cache can tell, when a shard is written, which higher chunks will read it and
+    release it after the last of them ran. A few batched graph reads per chunk.
+    """
+    nodes = np.asarray(nodes, dtype=np.uint64)
+    result = np.zeros(len(nodes), dtype=np.uint64)
+    current = nodes.copy()
+    active = np.ones(len(nodes), dtype=bool)
+    for _ in range(store.layout.n_layers + 1):
+        if not active.any():
+            break
+        parents = np.asarray(store.get_parents(current[active], time_stamp=time_stamp, fail_to_zero=True),
+                             dtype=np.uint64)
+        uniq = np.unique(parents[parents != 0])
+        kids = store.get_children(uniq) if len(uniq) else {}
+        multi = np.array([p != 0 and len(kids[int(p)]) > 1 for p in parents], dtype=bool)
+        idx = np.flatnonzero(active)
+        result[idx[multi]] = parents[multi]
+        done = multi | (parents == 0)
+        current[idx] = parents
+        active[idx[done]] = False
+    return result

@@ -75,3 +75,12 @@ def assert_skip_rule(store) -> None:
                 assert len(kids) >= 1
                 if np.any(layout.get_chunk_layer(kids) < layer - 1):
                     assert len(kids) == 1, f"skip parent {node} has {len(kids)} children"
+
+
+def all_shards(job, layers) -> dict:
+    """``{(layer, chunk coords): shard bytes or None}`` for every chunk of the job's layers."""
+    from raymesh.mesh_layout import shard_key
+
+    layout = job.meta.layout
+    return {(layer, c): job.bucket.read(shard_key(layout, layer, int(layout.chunk_id(layer, *c))))
+            for layer in layers for _, c in job.iter_chunks(layer)}

@@ -1,0 +1,73 @@
+"""How much memory a meshing task asks the scheduler for, and which custom resource (pure logic).
+
+Ray's ``memory=`` and custom resources are admission control: they decide how many tasks share a
+node, they do not cap a task (ray-notes.md, "Memory"). So each request is an estimate of the
+task's working set, clipped to the job's per-task budget, and the runtime refuses up front a
+request no node can satisfy instead of leaving the task pending forever.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# A Ray worker with numpy, zmesh, DracoPy and tensorstore imported, before it does any work.
+TASK_BASE_BYTES = 256 * 2**20
+# Layer 2 per voxel of the block read with its overlap: the uint64 segmentation, the remapped
+# uint64 labels, the connected-component labels of the overlap (uint32) and zmesh's working
+# arrays; measured peak on the real volume's 64^3 chunks was about 40 B/voxel.
+L2_BYTES_PER_VOXEL = 48
+# Stitching per byte of child shards: the chunk's own shard assembled for the object store
+# (about the size of its children), the minishard tables, and the biggest node decoded
+# (``stitch.DECODE_FACTOR`` times its fragments, a fraction of the chunk's children).
+STITCH_BYTES_PER_CHILD_BYTE = 4
+
+
+@dataclass(frozen=True)
+class TaskRequest:
+    """What one task asks the scheduler for: bytes of memory and custom resources."""
+
+    memory: int
+    resources: dict[str, float] = field(default_factory=dict)
+
+    def merge(self, other: "TaskRequest") -> "TaskRequest":
+        """A batch of chunks runs one after another in one task: the largest request covers it."""
+        resources = dict(self.resources)
+        for name, amount in other.resources.items():
+            resources[name] = max(resources.get(name, 0.0), amount)
+        return TaskRequest(max(self.memory, other.memory), resources)
+
+
+def l2_request(block_shape, budget: int) -> int:
+    """Memory for meshing one layer-2 chunk whose block (with overlap) has ``block_shape``."""
+    voxels = int(np.prod([int(v) for v in block_shape]))
+    return min(budget, TASK_BASE_BYTES + L2_BYTES_PER_VOXEL * voxels)
+
+
+def stitch_request(child_bytes: int, budget: int) -> int:
+    """Memory for stitching one chunk whose child shards hold ``child_bytes``."""
+    return min(budget, TASK_BASE_BYTES + STITCH_BYTES_PER_CHILD_BYTE * int(child_bytes))
+
+
+def layer_resources(layer: int, highmem_layer: int | None, highmem_resource: str) -> dict[str, float]:
+    """Layers at or above ``highmem_layer`` also ask for one unit of the big-memory resource, so
+    a cluster can keep them on a node group that carries it (kuberay/raycluster.yaml)."""
+    if highmem_layer is not None and layer >= highmem_layer:
+        return {highmem_resource: 1.0}
+    return {}
+
+
+def unsatisfiable(request: TaskRequest, nodes: list[dict[str, float]]) -> str | None:
+    """Why no node can run ``request`` (None when one can). ``nodes`` are total resources per
+    alive node, as Ray reports them (``memory`` in bytes, custom resources by name)."""
+    if any(node.get("memory", 0) >= request.memory
+           and all(node.get(name, 0) >= amount for name, amount in request.resources.items())
+           for node in nodes):
+        return None
+    biggest = max((node.get("memory", 0) for node in nodes), default=0)
+    wanted = [name for name in request.resources if not any(node.get(name, 0) for node in nodes)]
+    if wanted:
+        return f"no node has the custom resource {', '.join(repr(w) for w in wanted)}"
+    return (f"it asks for {request.memory / 2**30:.2f} GiB of memory and the biggest node offers "
+            f"{biggest / 2**30:.2f} GiB")

@@ -1,0 +1,90 @@
+"""Placement arithmetic, shard consumers and the runtime's input checks, without Ray."""
+
+import numpy as np
+import pytest
+
+from raymesh.builder import build_graph
+from raymesh.config import MeshConfig
+from raymesh.errors import ConfigError
+from raymesh.job import MeshJob
+from raymesh.placement import TASK_BASE_BYTES, TaskRequest, layer_resources, stitch_request, unsatisfiable
+from raymesh.stitch import consumer_nodes, plan_chunk
+from support import SYNTH_CHUNK, SYNTH_RES
+
+GiB = 2**30
+
+
+def test_requests_are_clipped_to_the_budget_and_merge_to_the_largest():
+    assert stitch_request(0, 4 * GiB) == TASK_BASE_BYTES
+    assert stitch_request(10 * GiB, 2 * GiB) == 2 * GiB
+    a = TaskRequest(GiB, {"raymesh_highmem": 1.0})
+    assert a.merge(TaskRequest(2 * GiB)) == TaskRequest(2 * GiB, {"raymesh_highmem": 1.0})
+
+
+def test_highmem_resource_from_the_threshold_layer_up():
+    assert layer_resources(4, 5, "big") == {}
+    assert layer_resources(5, 5, "big") == {"big": 1.0}
+    assert layer_resources(7, None, "big") == {}
+
+
+def test_unsatisfiable_names_the_shortfall():
+    nodes = [{"memory": 8 * GiB, "CPU": 4}, {"memory": 64 * GiB, "raymesh_highmem": 1}]
+    assert unsatisfiable(TaskRequest(32 * GiB, {"raymesh_highmem": 1.0}), nodes) is None
+    assert "no node has the custom resource 'other'" in unsatisfiable(TaskRequest(GiB, {"other": 1.0}), nodes)
+    assert "asks for 96.00 GiB" in unsatisfiable(TaskRequest(96 * GiB), nodes)
+    # Memory and resource must be on the same node.
+    assert unsatisfiable(TaskRequest(32 * GiB, {"CPU": 4}), nodes) is not None
+
+
+def test_bad_placement_settings_are_config_errors():
+    from raymesh.config import load_config
+
+    with pytest.raises(ConfigError, match="'highmem_resource'"):
+        load_config(None, graph="sqlite:///x.sqlite", highmem_resource="has space")
+    with pytest.raises(ConfigError, match="'chunks_per_task'"):
+        load_config(None, graph="sqlite:///x.sqlite", chunks_per_task=0)
+
+
+def test_unreachable_ray_address_is_a_clear_error_without_waiting():
+    from actors.ray_executor import RayExecutor
+
+    with pytest.raises(ConfigError, match="cannot reach the Ray cluster at '127.0.0.1:1'"):
+        RayExecutor(address="127.0.0.1:1")
+    with pytest.raises(ConfigError, match="is not auto, host:port"):
+        RayExecutor(address="somewhere")
+
+
+@pytest.fixture(scope="module")
+def job(synthetic, tmp_path_factory):
+    labels, agg = synthetic
+    g = build_graph(labels, str(tmp_path_factory.mktemp("consumers")), resolution=SYNTH_RES,
+                    chunk_size=SYNTH_CHUNK, agglomeration=agg)
+    return MeshJob(MeshConfig(graph=g.store_url, layers=[2, 3, 4], mip=0, executor="serial", time_stamp=2e9))
+
+
+def test_consumers_invert_the_stitching_plan(job):
+    """Every (child fragment, reading node) pair of the plans of layers 3 and 4 is found from below."""
+    layout = job.meta.layout
+    read_by = {}
+    for layer in (3, 4):
+        for _, coords in job.iter_chunks(layer):
+            plan = plan_chunk(job.store, layer, int(layout.chunk_id(layer, *coords)), job.time_stamp)
+            for node, descendants in plan.descendants.items():
+                for d in descendants:
+                    read_by[d] = node
+    assert read_by, "the synthetic graph stitches something"
+    fragments = np.array(sorted(read_by), dtype=np.uint64)
+    found = consumer_nodes(job.store, fragments, job.time_stamp)
+    assert dict(zip(fragments.tolist(), found.tolist())) == read_by
+    assert any(layout.get_chunk_layer(n) - layout.get_chunk_layer(d) > 1 for d, n in read_by.items()), \
+        "the graph has skip connections, so some shards are read two layers up"
+
+
+def test_consumer_chunks_stay_inside_the_job(job):
+    layout = job.meta.layout
+    l2_nodes = [n for _, c in job.iter_chunks(2)
+                for n in job.store.range_read_chunk(int(layout.chunk_id(2, *c)), job.time_stamp)]
+    chunks = job.consumer_chunks(l2_nodes)
+    assert chunks and {layer for layer, _ in chunks} <= {3, 4}
+    only3 = MeshJob(job.config.model_copy(update={"layers": [2, 3]}))
+    assert {layer for layer, _ in only3.consumer_chunks(l2_nodes)} == {3}
