@@ -14,6 +14,7 @@ memory-aware placement (../shared/docs/architecture.md, actors/; ray-notes.md).
 from __future__ import annotations
 
 import itertools
+import os
 import socket
 import time
 from typing import Callable, Iterable, Iterator
@@ -50,6 +51,8 @@ class RayExecutor:
                  object_store_memory: int | None = None, window: int | None = None, max_retries: int = 3,
                  cache_actors: int = 2):
         self._started = False
+        # Inside `ray job submit` (and KubeRay's RayJob) Ray sets RAY_ADDRESS: join that cluster.
+        address = address or os.environ.get("RAY_ADDRESS") or None
         if not ray.is_initialized():
             kwargs = {"include_dashboard": False, "log_to_driver": True}
             if address:
@@ -110,9 +113,9 @@ class RayExecutor:
             yield from self._collect(job, layer, keep, inflight)
 
     def _submit(self, job, layer: int, batch: list, keep: bool, from_cache: bool, inflight: dict) -> None:
-        layout = job.meta.layout
         chunk_ids, refs, child_bytes = [], [], 0
         if from_cache:
+            layout = job.meta.layout
             consumers = [(layer, int(layout.chunk_id(layer, *coords))) for _, coords in batch]
             chunk_ids, refs, child_bytes = self._caches.take(consumers)
         request = job.task_request(layer, child_bytes)
