@@ -22,11 +22,13 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import ray
 
+from actors.read_gate import RayReadGate
 from actors.shard_cache import ShardCaches
 from raymesh.errors import ConfigError
 from raymesh.placement import TaskRequest, unsatisfiable
 
 _EMPTY = np.zeros(0, dtype=np.uint8)
+_WORKER_ENV = ("BIGTABLE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS")
 
 
 def _call(fn, item):
@@ -61,6 +63,9 @@ class RayExecutor:
             else:
                 kwargs["num_cpus"] = num_cpus
                 kwargs["object_store_memory"] = object_store_memory or 256 * 2**20
+                passed = {k: os.environ[k] for k in _WORKER_ENV if k in os.environ}
+                if passed:  # e.g. a Bigtable emulator chosen after this shell started
+                    kwargs["runtime_env"] = {"env_vars": passed}
             try:
                 ray.init(**kwargs)
             except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -74,6 +79,7 @@ class RayExecutor:
         self._remote = ray.remote(_call).options(max_retries=max_retries)
         self._mesh = ray.remote(max_retries=max_retries)(_mesh_batch)
         self._caches: ShardCaches | None = None
+        self._gate = None
         self._job_ref = None
         self._job = None
         self._fits: set[tuple] = set()
@@ -97,6 +103,8 @@ class RayExecutor:
         """Mesh every chunk of ``layer``; yields each chunk's ``ChunkStats`` as it finishes."""
         if self._job is not job:
             self.end_job()
+            if job.config.graph.startswith("bigtable://") and job.read_gate is None:
+                self._gate = job.read_gate = RayReadGate(job.config.max_graph_reads)
             self._job, self._job_ref = job, ray.put(job)
             if job.config.shard_cache:
                 self._caches = ShardCaches(self.cache_actors)
@@ -170,7 +178,10 @@ class RayExecutor:
         """Drop the job's cached shards (consumers outside the job never take theirs)."""
         if self._caches is not None:
             self._caches.close()
-        self._caches, self._job, self._job_ref = None, None, None
+        if self._gate is not None:
+            self._gate.close()
+            self._job.read_gate = None
+        self._caches, self._job, self._job_ref, self._gate = None, None, None, None
 
     def shutdown(self) -> None:
         self.end_job()

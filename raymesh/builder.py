@@ -378,6 +378,7 @@ def build_graph(
                        chunk_size=[min(c, 64) for c in cs], downsample_mips=downsample_mips)
     ts = time_stamp or utcnow()
     store = _fresh_store(store_url)
+    store.prepare(graph.layout)
     write_graph(graph, store, ts)
     counts = graph.node_counts()
     meta = GraphMeta(

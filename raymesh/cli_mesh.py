@@ -36,6 +36,9 @@ def add_mesh_commands(sub) -> None:
     p.add_argument("--memory-budget", help="memory one stitching task may use (default 2GiB)")
     p.add_argument("--workers", type=int, help="local Ray CPUs")
     p.add_argument("--address", help="Ray address: auto, ray://host:10001")
+    p.add_argument("--graph-meta", choices=["auto", "write", "dry-run", "skip"],
+                   help="record custom_data['mesh'] in the graph meta (default: write for SQLite, dry-run for Bigtable)")
+    p.add_argument("--max-graph-reads", type=int, help="cluster-wide cap on concurrent graph reads (default 32)")
     p.add_argument("--chunks-per-task", type=int, help="chunks one Ray task meshes in a row (default 1)")
     p.add_argument("--highmem-layer", type=int, help="layers from this one up also ask for the big-memory resource")
     p.add_argument("--placement-timeout", type=float,
@@ -66,7 +69,8 @@ def config_from_args(args):
                        dust_threshold=args.dust_threshold, workers=args.workers, address=args.address,
                        executor=args.executor, force=args.force, memory_budget=args.memory_budget,
                        chunks_per_task=args.chunks_per_task, highmem_layer=args.highmem_layer,
-                       placement_timeout=args.placement_timeout)
+                       placement_timeout=args.placement_timeout, graph_meta=args.graph_meta,
+                       max_graph_reads=args.max_graph_reads)
 
 
 def cmd_mesh(args) -> int:
@@ -84,6 +88,7 @@ def cmd_mesh(args) -> int:
         for failure in layer.failures:
             print(f"  failed: {failure}")
     print(f"meshes: {summary.mesh_path}")
+    print(summary.graph_meta)
     text = summary.to_json()
     print(text)
     if args.summary_json:

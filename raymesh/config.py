@@ -57,6 +57,11 @@ class MeshConfig(BaseModel):
                                      "task's request (an autoscaler adding one) before failing; 0: fail at once")
     chunks_per_task: int = Field(1, ge=1, description="chunks meshed one after another by one Ray task")
     shard_cache: bool = Field(True, description="keep written shards in Ray's object store for the layer above")
+    graph_meta: str = Field("auto", pattern="^(auto|write|dry-run|skip)$",
+                            description="record custom_data['mesh'] in the graph meta (PCG update_meta): "
+                            "auto = write for embedded graphs, dry-run for Bigtable")
+    max_graph_reads: int = Field(32, ge=1, description="cluster-wide cap on concurrent hierarchy reads "
+                                 "(Bigtable is shared with proofreading)")
     workers: Optional[int] = Field(None, ge=1, description="local Ray CPUs")
     address: Optional[str] = Field(None, description="Ray address: auto, ray://host:port; default local")
     executor: str = Field("ray", pattern="^(ray|serial)$")

@@ -42,7 +42,7 @@ def run(config: MeshConfig, executor: Executor | None = None, progress: bool = T
             bar.close()
             layer_summary.seconds = round(time.perf_counter() - t0, 3)
             summary.layers.append(layer_summary)
-            job.write_metadata(max_layer=layer)
+            summary.graph_meta = job.write_metadata(max_layer=layer)
     finally:
         executor.end_job()
         if own_executor:

@@ -80,6 +80,7 @@ class RunSummary:
     mesh_path: str
     layers: list[LayerSummary] = field(default_factory=list)
     seconds: float = 0.0
+    graph_meta: str = ""  # what happened to the graph's custom_data["mesh"]
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -99,17 +100,23 @@ SPOOL_BYTES = 2**20  # finished fragments held in memory before spilling to a te
 
 
 class MeshJob:
-    def __init__(self, config: MeshConfig):
+    def __init__(self, config: MeshConfig, read_gate=None):
         self.config = config
         self.time_stamp = to_datetime(config.time_stamp) if config.time_stamp is not None else utcnow()
+        # A context-manager factory every graph read goes through (the Ray runtime's cluster-wide
+        # cap on concurrent reads); None: no cap.
+        self.read_gate = read_gate
 
     def __reduce__(self):
-        return (_restore_job, (self.config, self.time_stamp.timestamp()))
+        return (_restore_job, (self.config, self.time_stamp.timestamp(), self.read_gate))
 
     # ---- resources opened lazily (also on Ray workers) ----------------------------------------
     @cached_property
     def store(self):
-        return open_store(self.config.graph)
+        store = open_store(self.config.graph)
+        if self.read_gate is not None:
+            store.read_gate = self.read_gate
+        return store
 
     @cached_property
     def meta(self):
@@ -358,8 +365,11 @@ class MeshJob:
         return FragmentReader(self.meta.layout, self.sharding, open_shard)
 
     # ---- metadata -----------------------------------------------------------------------------
-    def write_metadata(self, max_layer: int) -> None:
-        """Mesh info, the segmentation's mesh + mesh_metadata, and the graph's custom_data mesh."""
+    def write_metadata(self, max_layer: int) -> str:
+        """Mesh info, the segmentation's mesh + mesh_metadata, and the graph's custom_data mesh.
+
+        Returns what happened to the graph meta: a PCG table is shared with proofreading, so
+        there it is a dry run unless ``graph_meta: write`` asks for it."""
         grid = self.grid
         shardings = {layer: self.sharding(layer) for layer in range(2, self.meta.layer_count + 1)}
         self.bucket.write("info", json.dumps(mesh_info(self.meta, self.mip, shardings, grid.distortion),
@@ -375,14 +385,26 @@ class MeshJob:
         info["mesh_metadata"] = mesh_metadata(uniform, per_layer, max_layer)
         ws.write("info", json.dumps(info, indent=2).encode())
         meta = self.store.meta
-        meta.custom_data["mesh"] = {
+        before = meta.custom_data.get("mesh")
+        after = {
             "max_layer": int(max_layer), "mip": int(self.mip), "max_error": float(self.config.max_error),
             "dir": self.config.mesh_dir, "initial_ts": read_ms(self.time_stamp) / 1000 + 0.001,
         }
+        mode = self.config.graph_meta
+        if mode == "auto":
+            mode = "dry-run" if self.config.graph.startswith("bigtable://") else "write"
+        change = f"custom_data['mesh'] = {json.dumps(after, sort_keys=True)} (was {json.dumps(before, sort_keys=True)})"
+        if mode == "skip":
+            return "graph meta left as it is (graph_meta: skip)"
+        if mode == "dry-run":
+            return (f"dry run, graph meta not changed: would write {change} as a new meta cell; "
+                    "rerun with --graph-meta write to record it")
+        meta.custom_data["mesh"] = after
         self.store.update_meta(meta)
+        return f"graph meta: wrote {change}"
 
 
-def _restore_job(config: MeshConfig, ts: float) -> MeshJob:
-    job = MeshJob(config)
+def _restore_job(config: MeshConfig, ts: float, read_gate=None) -> MeshJob:
+    job = MeshJob(config, read_gate)
     job.time_stamp = to_datetime(ts)
     return job

@@ -55,7 +55,7 @@ def latest_l2_nodes(rows: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
 
 
 def fetch_neighbourhood(store, coords, time_stamp=None) -> Neighbourhood:
-    """Graph reads for one chunk: 8 chunk range reads and one batched ancestor walk.
+    """Graph reads for one chunk: 8 chunk range reads (one batch) and one batched ancestor walk.
 
     Ancestors are taken at ``time_stamp`` (PCG takes them at "now", pcg-compat.md 10.1; for
     initial meshing right after ingest both agree, and T is the faithful choice).
@@ -65,9 +65,8 @@ def fetch_neighbourhood(store, coords, time_stamp=None) -> Neighbourhood:
     chunks = neighbour_chunks(layout, coords)
     own: dict[int, np.ndarray] = {}
     others: dict[int, np.ndarray] = {}
-    for i, chunk in enumerate(chunks):
-        nodes = latest_l2_nodes(store.range_read_chunk(chunk, time_stamp=time_stamp))
-        (own if i == 0 else others).update(nodes)
+    for i, rows in enumerate(store.range_read_chunks(chunks, time_stamp=time_stamp)):
+        (own if i == 0 else others).update(latest_l2_nodes(rows))
     ids = np.array(sorted(own) + sorted(others), dtype=np.uint64)
     anc = store.get_roots(ids, stop_layer=stop, time_stamp=time_stamp, fail_to_zero=True) if len(ids) else ids
     return Neighbourhood(stop, own, others, dict(zip(ids.tolist(), np.asarray(anc).tolist())))

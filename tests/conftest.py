@@ -48,3 +48,47 @@ def real_graph(real_labels, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("real_graph")
     return build_graph(real_labels, str(out), resolution=(8, 8, 40), chunk_size=(64, 64, 64))
+
+
+@pytest.fixture(scope="session")
+def bigtable_emulator():
+    """The real Bigtable emulator on 127.0.0.1 (a free port), for the whole session.
+
+    Sets BIGTABLE_EMULATOR_HOST, which google-cloud-bigtable (and processes started later, such
+    as spawned readers) use instead of the service.
+    """
+    import os
+    import socket
+    import subprocess
+    import time
+
+    from support import find_cbtemulator
+
+    binary = find_cbtemulator()
+    if binary is None:
+        pytest.skip("Bigtable emulator (cbtemulator from the Google Cloud CLI) not found; "
+                    "install the CLI's bigtable component or set CBTEMULATOR")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([binary, "-host", "127.0.0.1", "-port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail(f"the Bigtable emulator did not start on 127.0.0.1:{port}")
+            time.sleep(0.1)
+    previous = os.environ.get("BIGTABLE_EMULATOR_HOST")
+    os.environ["BIGTABLE_EMULATOR_HOST"] = f"127.0.0.1:{port}"
+    yield f"127.0.0.1:{port}"
+    if previous is None:
+        os.environ.pop("BIGTABLE_EMULATOR_HOST", None)
+    else:
+        os.environ["BIGTABLE_EMULATOR_HOST"] = previous
+    proc.terminate()
+    proc.wait(timeout=10)

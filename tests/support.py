@@ -84,3 +84,28 @@ def all_shards(job, layers) -> dict:
     layout = job.meta.layout
     return {(layer, c): job.bucket.read(shard_key(layout, layer, int(layout.chunk_id(layer, *c))))
             for layer in layers for _, c in job.iter_chunks(layer)}
+
+
+def find_cbtemulator() -> str | None:
+    """The Bigtable emulator that ships with the Google Cloud CLI (or $CBTEMULATOR)."""
+    import shutil
+    import subprocess
+
+    explicit = os.environ.get("CBTEMULATOR")
+    if explicit and Path(explicit).exists():
+        return explicit
+    roots = []
+    gcloud = shutil.which("gcloud")
+    if gcloud:
+        try:
+            out = subprocess.run([gcloud, "info", "--format=value(installation.sdk_root)"],
+                                 capture_output=True, text=True, timeout=60)
+            roots.append(out.stdout.strip())
+        except (OSError, subprocess.SubprocessError):
+            pass
+    roots += ["/usr/lib/google-cloud-sdk", "/usr/share/google-cloud-sdk", "/opt/google-cloud-sdk"]
+    for root in filter(None, roots):
+        candidate = Path(root) / "platform" / "bigtable-emulator" / "cbtemulator"
+        if candidate.exists():
+            return str(candidate)
+    return None

@@ -7,6 +7,7 @@ chunk helpers) are written once here on top of them.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from abc import ABC, abstractmethod
 from typing import Iterable, Sequence
@@ -57,6 +58,8 @@ class GraphStore(ABC):
     """Read (and, for builders and edits, write) access to one ChunkedGraph."""
 
     url: str
+    # Every backend request runs inside ``read_gate()``; the Ray runtime sets a cluster-wide cap.
+    read_gate = staticmethod(contextlib.nullcontext)
 
     # ---- primitives each backend implements ---------------------------------------------------
     @property
@@ -70,6 +73,11 @@ class GraphStore(ABC):
     @abstractmethod
     def range_read_chunk(self, chunk_id: int, time_stamp: TimeStamp = None) -> dict[int, np.ndarray]:
         """Every node of the chunk created <= T, with its children (PCG ``range_read_chunk``)."""
+
+    def range_read_chunks(self, chunk_ids: Iterable[int], time_stamp: TimeStamp = None
+                          ) -> list[dict[int, np.ndarray]]:
+        """``range_read_chunk`` of several chunks; backends with round trips batch it."""
+        return [self.range_read_chunk(int(c), time_stamp=time_stamp) for c in chunk_ids]
 
     @abstractmethod
     def _children(self, node_ids: np.ndarray) -> dict[int, np.ndarray]:
@@ -104,6 +112,10 @@ class GraphStore(ABC):
 
     def close(self) -> None:  # pragma: no cover - optional for backends
         pass
+
+    def prepare(self, layout: ChunkLayout) -> None:
+        """Called by builders before the first write (the meta, which defines the layout, is
+        written last). Backends that derive rows from ids (Bigtable's counters) keep it."""
 
     # ---- PCG-named conveniences -------------------------------------------------------------
     @property

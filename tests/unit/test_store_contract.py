@@ -12,13 +12,17 @@ from raymesh.graph import GraphError, open_store
 from support import SYNTH_CHUNK, SYNTH_RES
 
 T_BUILD = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
-BACKENDS = ["sqlite"]
+BACKENDS = ["sqlite", "bigtable"]
 
 
 @pytest.fixture(params=BACKENDS)
 def store(request, synthetic, tmp_path):
     labels, agg = synthetic
-    url = {"sqlite": f"sqlite://{tmp_path}/graph.sqlite"}[request.param]
+    if request.param == "bigtable":
+        request.getfixturevalue("bigtable_emulator")
+        url = f"bigtable://raymesh-test/pychunkedgraph/contract_{tmp_path.name}"
+    else:
+        url = f"sqlite://{tmp_path}/graph.sqlite"
     build_graph(labels, str(tmp_path), resolution=SYNTH_RES, chunk_size=SYNTH_CHUNK, agglomeration=agg,
                 store_url=url, time_stamp=T_BUILD)
     s = open_store(url)
