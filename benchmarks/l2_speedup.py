@@ -41,10 +41,10 @@ def _layer2(config, workers: int) -> tuple[float, dict]:
 
 
 def _warm(_):
-    import DracoPy  # noqa: F401
-    import tensorstore  # noqa: F401
-    import zmesh  # noqa: F401
+    import importlib
 
+    for module in ("DracoPy", "tensorstore", "zmesh", "raymesh.l2"):
+        importlib.import_module(module)
     return 0
 
 

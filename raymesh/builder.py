@@ -39,7 +39,7 @@ class BuiltGraph:
     """A whole hierarchy in memory: what a store's writer receives."""
 
     layout: ChunkLayout
-    supervoxels: np.ndarray  # uint64 [x, y, z] supervoxel volume
+    supervoxels: np.ndarray | None  # uint64 [x, y, z] supervoxel volume (None: regrouped from edges)
     layers: dict[int, tuple[np.ndarray, list[np.ndarray]]] = field(default_factory=dict)  # L -> (ids, children)
     # Atomic cross edges of layer-2 nodes, one entry per (node, edge layer): (own sv, foreign sv) pairs.
     cross_l2: np.ndarray = field(default_factory=lambda: np.empty(0, np.uint64))
@@ -209,11 +209,21 @@ def build_hierarchy(labels: np.ndarray, chunk_size: Sequence[int],
     sv = make_supervoxels(labels, layout, cs)
     pairs = contact_pairs(sv, objects)
     elayer = edge_layers(pairs, layout)
-    graph = BuiltGraph(layout=layout, supervoxels=sv)
-
     sv_ids = fastremap.unique(sv)
-    sv_ids = sv_ids[sv_ids != 0].astype(np.uint64)
-    idx = lambda ids: np.searchsorted(sv_ids, ids)  # noqa: E731 - position of svs in sv_ids
+    graph = group_hierarchy(layout, sv_ids[sv_ids != 0].astype(np.uint64), pairs, elayer)
+    graph.supervoxels = sv
+    return graph
+
+
+def group_hierarchy(layout: ChunkLayout, sv_ids: np.ndarray, pairs: np.ndarray, elayer: np.ndarray,
+                    ids: "IdAllocator | None" = None) -> BuiltGraph:
+    """Layer-2 nodes and every layer above from supervoxels and their edges (steps 2-3).
+
+    ``sv_ids`` sorted; ``pairs`` (n, 2) supervoxel edges with their ``elayer``. Ingest runs it on
+    the whole volume; an edit runs it on the edited objects (``raymesh.edits``).
+    """
+    graph = BuiltGraph(layout=layout, supervoxels=None)
+    idx = lambda ids_: np.searchsorted(sv_ids, ids_)  # noqa: E731 - position of svs in sv_ids
 
     # Layer 2: components of each chunk's supervoxels over in-chunk (layer-1) edges.
     inner = pairs[elayer == 1]
@@ -228,7 +238,7 @@ def build_hierarchy(labels: np.ndarray, chunk_size: Sequence[int],
     # A supervoxel lies in the layer-2 chunk with its own coordinates (pcg-compat.md 2.7).
     l2_chunks = np.atleast_1d(np.asarray(layout.chunk_id_from_coords(
         2, layout.get_chunk_coordinates(first_sv[comp_order])), dtype=np.uint64))
-    ids = IdAllocator(layout)
+    ids = ids or IdAllocator(layout)
     l2_ids = ids.allocate(2, l2_chunks)
     graph.layers[2] = (l2_ids, _group_children(comp, sv_ids, len(l2_ids)))
     top = l2_ids[comp]  # current highest ancestor of every supervoxel

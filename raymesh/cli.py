@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     from raymesh.cli_mesh import add_mesh_commands
 
     add_mesh_commands(sub)
+    from raymesh.cli_edit import add_edit_commands
+
+    add_edit_commands(sub)
     return parser
 
 
@@ -97,9 +100,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    from raymesh.cli_edit import EDIT_COMMANDS
     from raymesh.cli_mesh import MESH_COMMANDS
 
-    handler = {**COMMANDS, **MESH_COMMANDS}[args.command]
+    handler = {**COMMANDS, **MESH_COMMANDS, **EDIT_COMMANDS}[args.command]
     try:
         return handler(args)
     except USER_ERRORS as exc:

@@ -15,5 +15,9 @@ class MeshingError(RuntimeError):
     """Meshing cannot go on (missing child fragments, corrupt shard, impossible range)."""
 
 
+class EditError(ValueError):
+    """An edit that cannot be made (unknown supervoxels, a merge within one object, ...)."""
+
+
 USER_ERRORS = (BuildError, GraphError, GraphLayoutError, StorageError, SegmentationError, ConfigError,
-               MeshingError)
+               MeshingError, EditError)

@@ -110,6 +110,26 @@ class GraphStore(ABC):
     def update_meta(self, meta: GraphMeta, time_stamp: TimeStamp = None) -> None:
         """Write the meta as a new cell (PCG update_graph_meta); readers take the newest."""
 
+    # ---- the edit log (operations), for edits, remeshing and watch ---------------------------
+    @abstractmethod
+    def log_operation(self, kind: str, supervoxels: np.ndarray, new_roots: np.ndarray, ms: int,
+                      added: np.ndarray | None = None, removed: np.ndarray | None = None) -> int:
+        """Append an edit to the operation log; returns its operation id (1, 2, ...)."""
+
+    @abstractmethod
+    def operations(self, after: int = 0) -> list[dict]:
+        """Logged edits with id > ``after``, oldest first: ``{"id", "kind", "ms", "supervoxels",
+        "new_roots", "added", "removed"}``."""
+
+    def last_write_ms(self) -> int:
+        """Cell time of the graph's latest change: its newest edit, else the meta's first version."""
+        ops = self.operations()
+        return max(ops[-1]["ms"] if ops else 0, self._built_ms())
+
+    @abstractmethod
+    def _built_ms(self) -> int:
+        """Cell time of the oldest meta version (the end of ingest or build)."""
+
     def close(self) -> None:  # pragma: no cover - optional for backends
         pass
 

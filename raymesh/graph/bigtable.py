@@ -287,6 +287,54 @@ class BigtableStore(GraphStore):
                 out[int(key)][layer] = _ids_from(cells[0].value).reshape(-1, 2)
         return out
 
+    # ---- the edit log (PCG's operation rows: key = padded operation id, family 2) --------------
+    def log_operation(self, kind, supervoxels, new_roots, ms, added=None, removed=None) -> int:
+        row = self._table.append_row(b"ioperations")
+        row.increment_cell_value(FAMILY_COUNTER, b"counter", 1)
+        result = row.commit()
+        op = int.from_bytes(result[FAMILY_COUNTER][b"counter"][0][0], "big", signed=True)
+        empty = np.empty((0, 2), np.uint64)
+        key = pad(op)
+        cells = {
+            b"operation_id": np.array([op], "<u8").tobytes(), b"user": b"raymesh", b"kind": kind.encode(),
+            b"source_ids": np.asarray(supervoxels[:1], "<u8").tobytes(),
+            b"sink_ids": np.asarray(supervoxels[1:], "<u8").tobytes(),
+            b"roots": np.asarray(new_roots, "<u8").tobytes(),
+            b"added_edges": np.asarray(empty if added is None else added, "<u8").tobytes(),
+            b"removed_edges": np.asarray(empty if removed is None else removed, "<u8").tobytes(),
+            b"operation_ts": int(ms).to_bytes(8, "big", signed=True),
+        }
+        direct = self._table.direct_row(key)
+        for qualifier, value in cells.items():
+            direct.set_cell(FAMILY_LOG, qualifier, value, timestamp=ms_to_datetime(ms))
+        self._write_rows([direct])
+        return op
+
+    def operations(self, after: int = 0) -> list[dict]:
+        from google.cloud.bigtable import row_filters as rf
+
+        rows = self._read_keys([b"ioperations"], rf.CellsColumnLimitFilter(1))
+        cell = self._cell(rows[b"ioperations"], FAMILY_COUNTER, b"counter") if rows else None
+        last = 0 if cell is None else int.from_bytes(cell.value, "big", signed=True)
+        if last <= after:
+            return []
+        out = []
+        for row in self._read(start_key=pad(after + 1), end_key=pad(last), end_inclusive=True,
+                              filter_=rf.RowFilterChain(filters=[rf.FamilyNameRegexFilter(FAMILY_LOG),
+                                                                 rf.CellsColumnLimitFilter(1)])):
+            c = {q: cells[0].value for q, cells in row.cells.get(FAMILY_LOG, {}).items()}
+            ids = lambda q: np.frombuffer(c.get(q, b""), "<u8").astype(np.uint64)  # noqa: E731
+            out.append({"id": int(row.row_key), "ms": int.from_bytes(c[b"operation_ts"], "big", signed=True),
+                        "kind": c[b"kind"].decode(), "supervoxels": np.concatenate([ids(b"source_ids"), ids(b"sink_ids")]),
+                        "new_roots": ids(b"roots"), "added": ids(b"added_edges").reshape(-1, 2),
+                        "removed": ids(b"removed_edges").reshape(-1, 2)})
+        return out
+
+    def _built_ms(self) -> int:
+        rows = self._read_keys([b"meta"], self._column(FAMILY_HIERARCHY, b"meta", newest=False))
+        cells = rows[b"meta"].cells[FAMILY_HIERARCHY][b"meta"] if b"meta" in rows else []
+        return min((int(c.timestamp.timestamp() * 1000) for c in cells), default=0)
+
     # ---- writes (builders, edits) -------------------------------------------------------------
     def _row(self, key: bytes, family: str, qualifier: bytes, value: bytes, ms: int | None):
         row = self._table.direct_row(key)

@@ -9,8 +9,12 @@ classes, so PCG itself reads tables raymesh built.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import pickle
+import sys
+import threading
+import types
 from collections import namedtuple
 from typing import Any
 
@@ -56,7 +60,6 @@ class PCGChunkedGraphMeta:
 
 _PCG_CLASSES = {"ChunkedGraphMeta": PCGChunkedGraphMeta, "GraphConfig": PCGGraphConfig,
                 "DataSource": PCGDataSource}
-_NAMES = {cls: name for name, cls in _PCG_CLASSES.items()}
 
 
 def _allowed(module: str, name: str):
@@ -94,15 +97,31 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return found
 
 
-class _PCGPickler(pickle._Pickler):  # the Python pickler: its save_global can be overridden
-    def save_global(self, obj, name=None):
-        pcg_name = _NAMES.get(obj)
-        if pcg_name is None:
-            return super().save_global(obj, name)
-        self.save(PCG_MODULE)
-        self.save(pcg_name)
-        self.write(pickle.STACK_GLOBAL)
-        self.memoize(obj)
+# The stand-ins carry PCG's qualified names, so the standard pickler writes exactly those.
+for _name, _cls in _PCG_CLASSES.items():
+    _cls.__module__, _cls.__name__, _cls.__qualname__ = PCG_MODULE, _name, _name
+_DUMP_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _pcg_module():
+    """Make ``pychunkedgraph.graph.meta`` resolve to the stand-ins while pickling (pickle checks
+    that a class is importable under its name), unless PyChunkedGraph itself is installed."""
+    with _DUMP_LOCK:
+        if PCG_MODULE in sys.modules:
+            raise GraphError("PyChunkedGraph is imported in this process; write the meta with PCG itself")
+        added = []
+        for name in ("pychunkedgraph", "pychunkedgraph.graph", PCG_MODULE):
+            if name not in sys.modules:
+                sys.modules[name] = types.ModuleType(name)
+                added.append(name)
+        for cls_name, cls in _PCG_CLASSES.items():
+            setattr(sys.modules[PCG_MODULE], cls_name, cls)
+        try:
+            yield
+        finally:
+            for name in added:
+                sys.modules.pop(name, None)
 
 
 def loads_meta(data: bytes) -> dict[str, Any]:
@@ -144,9 +163,8 @@ def dumps_meta(meta: GraphMeta) -> bytes:
                       DATA_VERSION=ds.data_version, CV_MIP=ds.cv_mip),
         _plain(meta.custom_data),
     )
-    buf = io.BytesIO()
-    _PCGPickler(buf, protocol=pickle.DEFAULT_PROTOCOL).dump(pcg)
-    return buf.getvalue()
+    with _pcg_module():
+        return pickle.dumps(pcg, protocol=pickle.DEFAULT_PROTOCOL)
 
 
 def _plain(value):

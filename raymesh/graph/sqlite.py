@@ -27,6 +27,10 @@ CREATE TABLE IF NOT EXISTS nodes (id INTEGER PRIMARY KEY, ts INTEGER NOT NULL, c
 CREATE TABLE IF NOT EXISTS parents (
     node INTEGER NOT NULL, ts INTEGER NOT NULL, parent INTEGER NOT NULL, PRIMARY KEY (node, ts)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS operations (
+    id INTEGER PRIMARY KEY, ts INTEGER NOT NULL, kind TEXT NOT NULL, supervoxels BLOB NOT NULL,
+    new_roots BLOB NOT NULL, added BLOB NOT NULL, removed BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS cross_edges (
     node INTEGER NOT NULL, layer INTEGER NOT NULL, ts INTEGER NOT NULL, edges BLOB NOT NULL,
     PRIMARY KEY (node, layer, ts)
@@ -157,6 +161,32 @@ class SQLiteStore(GraphStore):
         for nid, layer, blob in rows:
             out[int(nid)][int(layer)] = _ids(blob).reshape(-1, 2)  # newest cell wins
         return out
+
+    # ---- the edit log -------------------------------------------------------------------------
+    def log_operation(self, kind, supervoxels, new_roots, ms, added=None, removed=None) -> int:
+        con = self._con()
+        con.executescript(SCHEMA)  # graphs built before the log existed get the table now
+        empty = np.empty((0, 2), np.uint64)
+        cur = con.execute("INSERT INTO operations (ts, kind, supervoxels, new_roots, added, removed) "
+                          "VALUES (?, ?, ?, ?, ?, ?)",
+                          (int(ms), kind, _blob(supervoxels), _blob(new_roots),
+                           _blob(empty if added is None else added), _blob(empty if removed is None else removed)))
+        con.commit()
+        return int(cur.lastrowid)
+
+    def operations(self, after: int = 0) -> list[dict]:
+        try:
+            rows = self._con().execute("SELECT id, ts, kind, supervoxels, new_roots, added, removed FROM operations "
+                                       "WHERE id > ? ORDER BY id", (int(after),)).fetchall()
+        except sqlite3.OperationalError:  # no edit log yet
+            return []
+        return [{"id": int(i), "ms": int(ts), "kind": kind, "supervoxels": _ids(s), "new_roots": _ids(r),
+                 "added": _ids(a).reshape(-1, 2), "removed": _ids(d).reshape(-1, 2)}
+                for i, ts, kind, s, r, a, d in rows]
+
+    def _built_ms(self) -> int:
+        row = self._con().execute("SELECT MIN(ts) FROM meta").fetchone()
+        return int(row[0] or 0)
 
     # ---- writes -----------------------------------------------------------------------------
     def write_nodes(self, node_ids: np.ndarray, children: Sequence[np.ndarray], time_stamp: TimeStamp) -> None:

@@ -21,7 +21,7 @@ from raymesh.demo import DEMO_CHUNK, DEMO_RESOLUTION
 from raymesh.job import MeshJob
 from raymesh.volume import read_block
 from stitch_checks import manifest_nodes
-from test_stitch_ray import cloudvolume_reader
+from readback import cloudvolume_reader
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

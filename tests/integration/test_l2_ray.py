@@ -9,15 +9,8 @@ from raymesh.config import MeshConfig
 from raymesh.driver import run
 from raymesh.graph import open_store
 from raymesh.job import MeshJob
-from raymesh.mesh_layout import graphene_info
+from readback import cloudvolume_for
 from support import SYNTH_CHUNK, SYNTH_RES
-
-
-def cloudvolume_for(store):
-    from cloudvolume import CloudVolume
-
-    return CloudVolume(f"graphene://https://localhost/segmentation/table/{store.meta.graph_id}",
-                       info=graphene_info(store.meta), secrets={"token": "0" * 32})
 
 
 def all_l2_nodes(store):

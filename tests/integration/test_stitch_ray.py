@@ -5,26 +5,13 @@ import pytest
 
 from raymesh.builder import build_graph
 from raymesh.config import MeshConfig
-from raymesh.draco import Fragment
 from raymesh.driver import run
 from raymesh.job import MeshJob
 from raymesh.mesh_layout import shard_key
 from raymesh.volume import read_block
 from stitch_checks import assert_stitched_like_layer2, edge_use, interior_roots, manifest_nodes, merged, on_l2_seams
 from support import SYNTH_CHUNK, SYNTH_RES
-from test_l2_ray import cloudvolume_for
-
-
-def cloudvolume_reader(store):
-    """Fragments as CloudVolume's graphene client reads them (initial shards, per-layer specs)."""
-    cv = cloudvolume_for(store)
-
-    def read(nodes):
-        meshes = cv.mesh.get_meshes_on_bypass([int(n) for n in nodes], allow_missing=False)
-        return [Fragment(meshes[int(n)].vertices.astype(np.float64), meshes[int(n)].faces.astype(np.uint32), None)
-                for n in nodes]
-
-    return read
+from readback import cloudvolume_reader
 
 
 def test_layers_identical_between_serial_and_ray(ray_local, synthetic, tmp_path):

@@ -1,0 +1,134 @@
+"""Proofreading subcommands: ``raymesh edit``, ``raymesh remesh`` and ``raymesh watch``."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+
+def add_edit_commands(sub) -> None:
+    e = sub.add_parser("edit", help="merge or split supervoxels in a graph, as PCG's edits do")
+    e.add_argument("kind", choices=["merge", "split"])
+    e.add_argument("sv_a", type=int)
+    e.add_argument("sv_b", type=int)
+    e.add_argument("--graph", required=True)
+    e.add_argument("--time-stamp", type=float, help="POSIX seconds of the edit (default now)")
+
+    r = sub.add_parser("remesh", help="mesh nodes created by edits into <mesh dir>/dynamic/")
+    r.add_argument("--graph", required=True)
+    g = r.add_mutually_exclusive_group()
+    g.add_argument("--since", type=float, help="POSIX seconds; default initial_ts (every edit so far)")
+    g.add_argument("--roots", type=int, nargs="+", help="new nodes under these roots")
+    g.add_argument("--l2", type=int, nargs="+", help="these layer-2 nodes and their new ancestors")
+    _runtime_args(r)
+    r.add_argument("--force", action="store_true", help="rewrite fragments already in dynamic/")
+
+    w = sub.add_parser("watch", help="follow the edit log and remesh each edit once, as it arrives")
+    w.add_argument("--graph", required=True)
+    w.add_argument("--interval", type=float, default=2.0, help="seconds between polls of the edit log")
+    w.add_argument("--once", action="store_true", help="remesh the pending edits and exit")
+    _runtime_args(w)
+
+
+def _runtime_args(p) -> None:
+    p.add_argument("--workers", type=int, help="local Ray CPUs")
+    p.add_argument("--address", help="Ray address: auto, ray://host:10001")
+    p.add_argument("--executor", choices=["ray", "serial"], default="serial",
+                   help="serial (default: an edit touches a few chunks) or ray")
+
+
+def remesher_for(graph: str, force: bool = False, executor: str = "serial", workers=None, address=None):
+    """A ``Remesher`` with the graph's recorded mesh parameters (custom_data['mesh'])."""
+    from raymesh.config import MeshConfig
+    from raymesh.graph import open_store
+    from raymesh.job import MeshJob
+    from raymesh.remesh import Remesher
+
+    settings = open_store(graph).meta.mesh_settings()
+    config = MeshConfig(graph=graph, mip=settings.get("mip"), max_error=settings.get("max_error", 40.0),
+                        mesh_dir=settings.get("dir", "graphene_meshes"), executor=executor, workers=workers,
+                        address=address)
+    return Remesher(MeshJob(config), force=force)
+
+
+def _executor(args):
+    if args.executor == "serial":
+        return None
+    from actors.ray_executor import RayExecutor
+
+    return RayExecutor(address=args.address, num_cpus=args.workers)
+
+
+def cmd_edit(args) -> int:
+    from raymesh.edits import merge, split
+    from raymesh.graph import open_store
+
+    store = open_store(args.graph)
+    result = (merge if args.kind == "merge" else split)(store, args.sv_a, args.sv_b, args.time_stamp)
+    print(f"operation {result.operation_id}: {result.kind} {result.supervoxels[0]} {result.supervoxels[1]}: "
+          f"roots {result.old_roots} -> {result.new_roots}")
+    print(json.dumps({"operation": result.operation_id, "new_roots": result.new_roots,
+                      "new_nodes": {str(k): v for k, v in result.new_nodes.items()}}))
+    return 0
+
+
+def _report(summary) -> None:
+    print(f"remeshed {sum(summary.written.values())} fragments into dynamic/ "
+          f"({summary.skipped} already there, {summary.missing} descendants without a mesh, "
+          f"{len(summary.failures)} failures) in {summary.seconds:.2f} s")
+    for failure in summary.failures:
+        print(f"  failed: {failure}")
+
+
+def cmd_remesh(args) -> int:
+    remesher = remesher_for(args.graph, force=args.force, executor=args.executor)
+    if args.l2:
+        nodes = remesher.nodes_for_l2(args.l2)
+    elif args.roots:
+        nodes = remesher.new_nodes_under(args.roots, remesher.initial_ms - 1)
+    else:
+        nodes = remesher.nodes_since(args.since)
+    executor = _executor(args)
+    try:
+        summary = remesher.run(nodes, executor)
+    finally:
+        if executor is not None:
+            executor.shutdown()
+    _report(summary)
+    return 1 if summary.failures else 0
+
+
+CURSOR = "raymesh_watch.json"
+
+
+def cmd_watch(args) -> int:
+    """Poll the edit log; remesh each edit's new nodes once; remember the last edit remeshed in
+    the mesh directory, so a restarted watch goes on where it stopped."""
+    remesher = remesher_for(args.graph, executor=args.executor)
+    bucket = remesher.job.bucket
+    raw = bucket.read(CURSOR)
+    last = json.loads(raw)["last_operation"] if raw else 0
+    executor = _executor(args)
+    print(f"watching {args.graph} from operation {last + 1} (Ctrl-C stops)", flush=True)
+    try:
+        while True:
+            for op in remesher.job.store.operations(after=last):
+                summary = remesher.run(remesher.nodes_for_operations([op]), executor)
+                print(f"operation {op['id']} ({op['kind']}):", end=" ")
+                _report(summary)
+                last = op["id"]
+                bucket.write(CURSOR, json.dumps({"last_operation": last}).encode())
+                sys.stdout.flush()
+            if args.once:
+                return 0
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
+        print(f"stopped after operation {last}")
+        return 0
+    finally:
+        if executor is not None:
+            executor.shutdown()
+
+
+EDIT_COMMANDS = {"edit": cmd_edit, "remesh": cmd_remesh, "watch": cmd_watch}
