@@ -177,3 +177,17 @@ def on_l2_seams(job, points: np.ndarray) -> np.ndarray:
         plane = base[axis] + k * step[axis]
         on |= points[:, axis] == b * np.floor(plane / b + 0.5)
     return on
+
+
+def closed_interior_objects(job, sv_volume: np.ndarray, read, layer: int) -> tuple[int, int]:
+    """``(closed, interior)`` objects as a viewer loads them at ``layer``; asserts that any
+    opening lies on a layer-2 chunk plane (the only place PCG's layer-2 algorithm leaves one)."""
+    store = job.store
+    inside = interior_roots(store, sv_volume)
+    closed = 0
+    for root in sorted(inside):
+        vertices, faces = merged(read(manifest_nodes(store, root, layer)))
+        edges, use = edge_use(faces, return_edges=True)
+        assert np.all(on_l2_seams(job, vertices[np.unique(edges[use == 1])])), f"root {root}: opening off the seams"
+        closed += not (use == 1).any()
+    return closed, len(inside)

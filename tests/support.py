@@ -109,3 +109,13 @@ def find_cbtemulator() -> str | None:
         if candidate.exists():
             return str(candidate)
     return None
+
+
+def file_tree(folder) -> dict[str, bytes]:
+    """Every file below ``folder`` by relative path, with its bytes (to compare output trees)."""
+    out = {}
+    for base, _, names in os.walk(folder):
+        for name in names:
+            with open(os.path.join(base, name), "rb") as f:
+                out[os.path.relpath(os.path.join(base, name), folder)] = f.read()
+    return out
