@@ -80,6 +80,8 @@ class RayExecutor:
         self._mesh = ray.remote(max_retries=max_retries)(_mesh_batch)
         self._caches: ShardCaches | None = None
         self._gate = None
+        self._cache_budget = 0  # bytes of shards (counted once per reader) the caches may hold
+        self._filed_bytes = 0
         self._job_ref = None
         self._job = None
         self._fits: set[tuple] = set()
@@ -108,6 +110,9 @@ class RayExecutor:
             self._job, self._job_ref = job, ray.put(job)
             if job.config.shard_cache:
                 self._caches = ShardCaches(self.cache_actors)
+                store_bytes = ray.cluster_resources().get("object_store_memory", 0)
+                self._cache_budget = job.config.shard_cache_bytes or int(store_bytes // 2)
+                self._filed_bytes = 0
         config = job.config
         keep = config.shard_cache and layer < max(config.layers)
         from_cache = self._caches is not None and layer > config.layers[0]
@@ -125,7 +130,11 @@ class RayExecutor:
         if from_cache:
             layout = job.meta.layout
             consumers = [(layer, int(layout.chunk_id(layer, *coords))) for _, coords in batch]
-            chunk_ids, refs, child_bytes = self._caches.take(consumers)
+            chunk_ids, refs, child_bytes, released = self._caches.take(consumers)
+            self._filed_bytes -= released
+        # Past the cache budget a shard is not handed back: its readers go to storage instead,
+        # so a layer of millions of chunks cannot fill the object store and spill.
+        keep = keep and self._filed_bytes < self._cache_budget
         request = job.task_request(layer, child_bytes)
         self._check_fits(job, layer, request)
         options = {"num_returns": 1 + (len(batch) if keep else 0), "memory": request.memory}
@@ -151,6 +160,7 @@ class RayExecutor:
             if consumers and shard_ref is not None and self._caches is not None:
                 chunk = int(job.meta.layout.chunk_id(layer, *stats.chunk))
                 self._caches.add(consumers, chunk, shard_ref, stats.shard_bytes)
+                self._filed_bytes += stats.shard_bytes * len(consumers)
             yield stats
 
     def _check_fits(self, job, layer: int, request: TaskRequest) -> None:

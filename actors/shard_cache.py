@@ -71,8 +71,9 @@ class ShardCaches:
         for index, group in groups.items():
             self.actors[index].add.remote(group, chunk, [ref], nbytes)
 
-    def take(self, consumers: list[tuple[int, int]]) -> tuple[list[int], list, int]:
-        """Chunk ids, refs and total bytes of the cached shards these consumers read.
+    def take(self, consumers: list[tuple[int, int]]) -> tuple[list[int], list, int, int]:
+        """Chunk ids, refs and total bytes of the cached shards these consumers read, and the
+        bytes of the entries released (a shard counts once per consumer it was filed under).
 
         A shard two consumers of one batch share is handed over once. A cache that cannot answer
         counts as a miss: the task reads those shards from storage.
@@ -81,6 +82,7 @@ class ShardCaches:
         for consumer in consumers:
             groups.setdefault(consumer[1] % len(self.actors), []).append(consumer)
         chunks: dict[int, tuple] = {}
+        released = 0
         for index, group in groups.items():
             try:
                 entries = ray.get(self.actors[index].take.remote(group), timeout=self.timeout_s)
@@ -89,8 +91,9 @@ class ShardCaches:
                 continue
             for chunk, wrapped, nbytes in entries:
                 chunks.setdefault(chunk, (wrapped[0], nbytes))
+                released += nbytes
         ids = sorted(chunks)
-        return ids, [chunks[c][0] for c in ids], sum(chunks[c][1] for c in ids)
+        return ids, [chunks[c][0] for c in ids], sum(chunks[c][1] for c in ids), released
 
     def held(self) -> int:
         """Refs still filed (shards whose consumers have not run); for tests and reports."""

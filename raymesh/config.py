@@ -57,6 +57,9 @@ class MeshConfig(BaseModel):
                                      "task's request (an autoscaler adding one) before failing; 0: fail at once")
     chunks_per_task: int = Field(1, ge=1, description="chunks meshed one after another by one Ray task")
     shard_cache: bool = Field(True, description="keep written shards in Ray's object store for the layer above")
+    shard_cache_bytes: Optional[int] = Field(None, gt=0, description="most shard bytes held for later layers; "
+                                             "past it, shards are read back from storage. Default: half the "
+                                             "cluster's object store")
     graph_meta: str = Field("auto", pattern="^(auto|write|dry-run|skip)$",
                             description="record custom_data['mesh'] in the graph meta (PCG update_meta): "
                             "auto = write for embedded graphs, dry-run for Bigtable")
@@ -67,7 +70,7 @@ class MeshConfig(BaseModel):
     executor: str = Field("ray", pattern="^(ray|serial)$")
     force: bool = False
 
-    @field_validator("memory_budget", mode="before")
+    @field_validator("memory_budget", "shard_cache_bytes", mode="before")
     @classmethod
     def _bytes(cls, v):
         if isinstance(v, str):

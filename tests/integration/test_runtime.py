@@ -41,7 +41,13 @@ def test_children_come_from_the_object_store_and_one_worker_matches_two(ray_loca
             # Every child shard a layer needs is handed over by the caches; none is read again.
             assert (s.shard_reads, s.cache_reads) == (0, needed[s.layer]), s
         assert json.loads(summary.to_json())["layers"][1]["cache_reads"] == needed[3]
-    assert shards[0] == shards[1] == shards[2]
+    # A cache budget of one byte: the first shard is filed, the rest are read back from storage.
+    config = MeshConfig(**base, shard_cache_bytes=1)
+    summary = run(config, executor=RayExecutor(), progress=False)
+    shards.append(all_shards(MeshJob(config), (2, 3, 4)))
+    for s in summary.layers[1:]:
+        assert s.shard_reads + s.cache_reads == needed[s.layer] and s.shard_reads > 0, s
+    assert shards[0] == shards[1] == shards[2] == shards[3]
 
 
 def test_missing_custom_resource_fails_fast_naming_the_layer(ray_local, graph):

@@ -192,3 +192,21 @@ def test_cli_edit_and_watch_remesh_each_edit_once(meshed, capsys):
     assert "operation 2 (split): remeshed" in capsys.readouterr().out
     assert cli(["edit", "merge", str(a), str(a), "--graph", store.url]) == 2
     assert "two different supervoxels" in capsys.readouterr().err
+
+
+def test_watch_stops_cleanly_on_ctrl_c(meshed):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    job, store, sv = meshed
+    proc = subprocess.Popen([sys.executable, "-m", "raymesh.cli", "watch", "--graph", store.url, "--interval", "0.2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = proc.stdout.readline()
+    assert "watching" in first, first + proc.stderr.read()
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "stopped after operation 0" in out
