@@ -88,3 +88,21 @@ def test_consumer_chunks_stay_inside_the_job(job):
     assert chunks and {layer for layer, _ in chunks} <= {3, 4}
     only3 = MeshJob(job.config.model_copy(update={"layers": [2, 3]}))
     assert {layer for layer, _ in only3.consumer_chunks(l2_nodes)} == {3}
+
+
+def test_python_api_takes_a_dict_a_yaml_path_or_a_config(job, tmp_path):
+    import yaml
+
+    import raymesh
+
+    settings = {"graph": job.config.graph, "layers": [2], "mip": 0, "executor": "serial", "time_stamp": 2e9}
+    first = raymesh.run(settings, progress=False, force=True)
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    second = raymesh.run(str(path), progress=False)
+    third = raymesh.run(MeshConfig(**settings), progress=False, layers=[2, 3])
+    assert first.layers[0].chunks == second.layers[0].chunks == job.count_chunks(2)
+    assert first.layers[0].fragments > 0 and second.layers[0].chunks_skipped == job.count_chunks(2)
+    assert [s.layer for s in third.layers] == [2, 3]
+    with pytest.raises(ConfigError, match="unknown key 'bogus'"):
+        raymesh.run({**settings, "bogus": 1}, progress=False)
