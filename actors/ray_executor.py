@@ -25,7 +25,7 @@ import ray
 from actors.read_gate import RayReadGate
 from actors.shard_cache import ShardCaches
 from raymesh.errors import ConfigError
-from raymesh.placement import TaskRequest, unsatisfiable
+from raymesh.placement import TaskRequest, stitch_parts, unsatisfiable
 
 _EMPTY = np.zeros(0, dtype=np.uint8)
 _WORKER_ENV = ("BIGTABLE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS")
@@ -44,6 +44,21 @@ def _mesh_batch(job, batch, keep_shards: bool, shard_chunks: list[int], *shards)
     if not keep_shards:
         return meta
     return (meta, *[o.shard if o.shard is not None else _EMPTY for o in outputs])
+
+
+def _stitch_part(job, item, part: int, parts: int, shard_chunks: list[int], *shards):
+    layer, coords = item
+    return job.stitch_part(layer, coords, part, parts, dict(zip(shard_chunks, shards)))
+
+
+def _merge_parts(job, item, keep_shards: bool, *parts):
+    """The chunk's one shard from its parts: the same return shape as ``_mesh_batch``."""
+    layer, coords = item
+    out = job.write_parts(layer, coords, list(parts), keep_shards)
+    meta = [(out.stats, out.consumers)]
+    if not keep_shards:
+        return meta
+    return (meta, out.shard if out.shard is not None else _EMPTY)
 
 
 class RayExecutor:
@@ -78,6 +93,8 @@ class RayExecutor:
         self.cache_actors = cache_actors
         self._remote = ray.remote(_call).options(max_retries=max_retries)
         self._mesh = ray.remote(max_retries=max_retries)(_mesh_batch)
+        self._part = ray.remote(max_retries=max_retries)(_stitch_part)
+        self._merge = ray.remote(max_retries=max_retries)(_merge_parts)
         self._caches: ShardCaches | None = None
         self._gate = None
         self._cache_budget = 0  # bytes of shards (counted once per reader) the caches may hold
@@ -140,7 +157,16 @@ class RayExecutor:
         options = {"num_returns": 1 + (len(batch) if keep else 0), "memory": request.memory}
         if request.resources:
             options["resources"] = request.resources
-        out = self._mesh.options(**options).remote(self._job_ref, batch, keep, chunk_ids, *refs)
+        parts = stitch_parts(child_bytes, job.config.memory_budget) if layer > 2 and len(batch) == 1 else 1
+        if parts > 1:
+            # Too big for one task: slices of the chunk's nodes in parallel, then one merge task
+            # that writes the chunk's single shard (the parts reach it as top-level refs).
+            part_options = {k: v for k, v in options.items() if k != "num_returns"}
+            pieces = [self._part.options(**part_options).remote(self._job_ref, batch[0], k, parts, chunk_ids, *refs)
+                      for k in range(parts)]
+            out = self._merge.options(**options).remote(self._job_ref, batch[0], keep, *pieces)
+        else:
+            out = self._mesh.options(**options).remote(self._job_ref, batch, keep, chunk_ids, *refs)
         meta_ref, shard_refs = (out[0], out[1:]) if keep else (out, [])
         inflight[meta_ref] = (batch, shard_refs, bool(refs))
 

@@ -42,6 +42,7 @@ class ChunkStats:
     shard_bytes: int = 0  # size of this chunk's shard, written now or found from a previous run
     missing: int = 0  # descendants without a fragment in an existing child shard
     over_budget: list[int] = field(default_factory=list)  # nodes whose decoded children exceed the budget
+    parts: int = 1  # tasks the chunk's nodes were split over (stitching, past the memory budget)
 
 
 @dataclass
@@ -59,6 +60,7 @@ class LayerSummary:
     bytes_read: int = 0
     missing: int = 0
     over_budget: int = 0
+    chunks_split: int = 0  # chunks whose nodes were split over several tasks
 
     def add(self, s: ChunkStats) -> None:
         self.chunks += 1
@@ -72,6 +74,7 @@ class LayerSummary:
         self.bytes_read += s.bytes_read
         self.missing += s.missing
         self.over_budget += len(s.over_budget)
+        self.chunks_split += int(s.parts > 1)
 
 
 @dataclass
@@ -97,6 +100,38 @@ class ChunkOutput:
 
 
 SPOOL_BYTES = 2**20  # finished fragments held in memory before spilling to a temporary file
+
+
+class StitchedPart:
+    """Fragments of one slice of a chunk's nodes, packed in one buffer (cheap to ship through Ray)."""
+
+    def __init__(self) -> None:
+        self.stats: ChunkStats | None = None
+        self.nodes: list[int] = []
+        self.sizes: list[int] = []
+        self._pieces: list[bytes] = []
+        self.data = np.zeros(0, dtype=np.uint8)
+
+    def add(self, node: int, value: bytes) -> None:
+        self.nodes.append(int(node))
+        self.sizes.append(len(value))
+        self._pieces.append(value)
+
+    def __getstate__(self):
+        data = np.frombuffer(b"".join(self._pieces), dtype=np.uint8) if self._pieces else self.data
+        return {"stats": self.stats, "nodes": self.nodes, "sizes": self.sizes, "data": data}
+
+    def __setstate__(self, state) -> None:
+        self.__dict__.update(state)
+        self._pieces = []
+
+    def fragments(self):
+        if self._pieces:
+            yield from zip(self.nodes, self._pieces)
+            return
+        offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
+        for node, lo, hi in zip(self.nodes, offsets[:-1], offsets[1:]):
+            yield node, bytes(self.data[lo:hi])
 
 
 class MeshJob:
@@ -302,48 +337,85 @@ class MeshJob:
                      keep_shard: bool = False) -> ChunkOutput:
         """Stitch one chunk node by node into its shard, streaming: one node's children decoded at
         a time, finished fragments spooled to a temporary file, the shard written whole at the end."""
-        from raymesh.sharding import ShardBuilder, canonical_order
+        from raymesh.sharding import ShardBuilder
+
+        budget = self.config.memory_budget
+        # Finished fragments are written out as they come: the shard is ~8x bigger each layer,
+        # so keeping it in memory would make a task grow with the layer, as PCG's does.
+        builder = ShardBuilder(self.sharding(layer), spool_bytes=max(1, min(budget // 4, SPOOL_BYTES)))
+        try:
+            stats = self._stitch_into(builder, layer, coords, 0, 1, reader, shards)
+            return self._write_shard(builder, stats, layer, coords, keep_shard)
+        finally:
+            builder.close()
+
+    def stitch_part(self, layer: int, coords, part: int, parts: int, shards: dict[int, np.ndarray] | None = None
+                    ) -> "StitchedPart":
+        """One of ``parts`` slices of a chunk's nodes (in the shard's canonical order), for a chunk
+        too big for one task: its fragments come back to be merged by ``write_parts``."""
+        out = StitchedPart()
+        out.stats = self._stitch_into(out, layer, coords, part, parts, None, shards)
+        return out
+
+    def write_parts(self, layer: int, coords, parts: list["StitchedPart"], keep_shard: bool = False) -> ChunkOutput:
+        """The chunk's one shard from its parts, in order (each part is a run of canonical order,
+        so the bytes equal a single task's)."""
+        from raymesh.sharding import ShardBuilder
+
+        builder = ShardBuilder(self.sharding(layer), spool_bytes=SPOOL_BYTES)
+        stats = ChunkStats(layer, tuple(coords))
+        try:
+            for piece in parts:
+                for node, value in piece.fragments():
+                    builder.add(node, value)
+                for name in ("nodes", "missing", "shard_reads", "cache_reads", "bytes_read"):
+                    setattr(stats, name, getattr(stats, name) + getattr(piece.stats, name))
+                stats.failures += piece.stats.failures
+                stats.over_budget += piece.stats.over_budget
+            stats.parts = len(parts)
+            return self._write_shard(builder, stats, layer, coords, keep_shard)
+        finally:
+            builder.close()
+
+    def _stitch_into(self, sink, layer: int, coords, part: int, parts: int, reader, shards) -> ChunkStats:
+        from raymesh.sharding import canonical_order
         from raymesh.stitch import DECODE_FACTOR, node_cost, plan_chunk, stitch_nodes
 
-        layout = self.meta.layout
-        chunk = int(layout.chunk_id(layer, *coords))
+        chunk = int(self.meta.layout.chunk_id(layer, *coords))
         plan = plan_chunk(self.store, layer, chunk, self.time_stamp)
+        order = canonical_order(plan.descendants, self.sharding(layer))
+        order = order[part * len(order) // parts:(part + 1) * len(order) // parts]
         cache_hits: set[int] = set()
         if reader is None:
             reader = self.fragment_reader() if not shards else self._cached_reader(shards, cache_hits)
-        reader.preload(d for desc in plan.descendants.values() for d in desc)
-        cost = node_cost(plan, reader)
-        budget = self.config.memory_budget
-        spec = self.sharding(layer)
-        # Finished fragments are written out as they come: the shard is ~8x bigger each layer,
-        # so keeping it in memory would make a task grow with the layer, as PCG's does.
-        builder = ShardBuilder(spec, spool_bytes=max(1, min(budget // 4, SPOOL_BYTES)))
-        stats = ChunkStats(layer, tuple(coords), nodes=len(plan.descendants))
-        stats.over_budget = [n for n, c in cost.items() if DECODE_FACTOR * c > budget]
-        try:
-            for result in stitch_nodes(self.grid, plan, canonical_order(plan.descendants, spec), reader):
-                stats.missing += result.missing
-                if result.failure:
-                    stats.failures.append(result.failure)
-                else:
-                    builder.add(result.node, result.data)
-            stats.fragments = len(builder)
-            key = shard_key(layout, layer, chunk)
-            if keep_shard and len(builder):
-                # The caches want the bytes; assemble them once and write that same buffer.
-                data = np.concatenate([np.frombuffer(p, dtype=np.uint8) for p in builder.pieces()])
-                stats.bytes_written = self.bucket.write_pieces(key, [memoryview(data)])
+        mine = {n: plan.descendants[n] for n in order}
+        reader.preload(d for desc in mine.values() for d in desc)
+        cost = node_cost(type(plan)(plan.layer, plan.chunk_id, mine), reader)
+        stats = ChunkStats(layer, tuple(coords), nodes=len(order))
+        stats.over_budget = [n for n, c in cost.items() if DECODE_FACTOR * c > self.config.memory_budget]
+        for result in stitch_nodes(self.grid, plan, order, reader):
+            stats.missing += result.missing
+            if result.failure:
+                stats.failures.append(result.failure)
             else:
-                data = None
-                stats.bytes_written = self.bucket.write_pieces(key, builder.pieces())
-            nodes = list(builder.keys)
-        finally:
-            builder.close()
-        stats.shard_bytes = stats.bytes_written
+                sink.add(result.node, result.data)
         stats.cache_reads = len(cache_hits)
         stats.shard_reads = reader.stats.shard_files - len(cache_hits)
         stats.bytes_read = reader.stats.bytes_read
-        return self._output(stats, data, nodes, keep_shard)
+        return stats
+
+    def _write_shard(self, builder, stats: ChunkStats, layer: int, coords, keep_shard: bool) -> ChunkOutput:
+        key = self.shard_path(layer, coords)
+        stats.fragments = len(builder)
+        if keep_shard and len(builder):
+            # The caches want the bytes; assemble them once and write that same buffer.
+            data = np.concatenate([np.frombuffer(p, dtype=np.uint8) for p in builder.pieces()])
+            stats.bytes_written = self.bucket.write_pieces(key, [memoryview(data)])
+        else:
+            data = None
+            stats.bytes_written = self.bucket.write_pieces(key, builder.pieces())
+        stats.shard_bytes = stats.bytes_written
+        return self._output(stats, data, list(builder.keys), keep_shard)
 
     def _cached_reader(self, shards: dict[int, np.ndarray], hits: set[int]):
         """A fragment reader that serves the shards it was handed (zero-copy views of the object

@@ -45,9 +45,23 @@ def l2_request(block_shape, budget: int) -> int:
     return min(budget, TASK_BASE_BYTES + L2_BYTES_PER_VOXEL * voxels)
 
 
+MAX_PARTS = 64  # the most tasks one chunk's nodes are split over
+
+
+def stitch_estimate(child_bytes: int) -> int:
+    """Working set of stitching one chunk whose child shards hold ``child_bytes`` (unclipped)."""
+    return TASK_BASE_BYTES + STITCH_BYTES_PER_CHILD_BYTE * int(child_bytes)
+
+
 def stitch_request(child_bytes: int, budget: int) -> int:
-    """Memory for stitching one chunk whose child shards hold ``child_bytes``."""
-    return min(budget, TASK_BASE_BYTES + STITCH_BYTES_PER_CHILD_BYTE * int(child_bytes))
+    """Memory one stitching task asks for: the estimate, clipped to the per-task budget."""
+    return min(budget, stitch_estimate(child_bytes))
+
+
+def stitch_parts(child_bytes: int, budget: int) -> int:
+    """Tasks a chunk's nodes are split over so each stays within the budget (1: no split). A
+    single node is never split (one fragment per node), so a huge node still needs its memory."""
+    return max(1, min(MAX_PARTS, -(-stitch_estimate(child_bytes) // budget)))
 
 
 def layer_resources(layer: int, highmem_layer: int | None, highmem_resource: str) -> dict[str, float]:

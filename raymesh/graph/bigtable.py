@@ -172,11 +172,6 @@ class BigtableStore(GraphStore):
         self._write_rows([self._row(b"meta", FAMILY_HIERARCHY, b"meta", dumps_meta(meta), ms)])
         self._meta = None
 
-    def meta_change(self, meta: GraphMeta) -> tuple[dict | None, dict]:
-        """(current, proposed) custom_data, for a dry run that prints what update_meta would write."""
-        current = self.raw_meta()
-        return (current or {}).get("custom_data"), meta.to_dict()["custom_data"]
-
     def _meta_cell_ms(self) -> int:
         rows = self._read_keys([b"meta"], self._column(FAMILY_HIERARCHY, b"meta"))
         cell = self._cell(rows[b"meta"], FAMILY_HIERARCHY, b"meta") if b"meta" in rows else None

@@ -50,6 +50,21 @@ def test_children_come_from_the_object_store_and_one_worker_matches_two(ray_loca
     assert shards[0] == shards[1] == shards[2] == shards[3]
 
 
+def test_chunks_past_the_budget_are_split_over_tasks(ray_local, graph):
+    from actors.ray_executor import RayExecutor
+    from raymesh.placement import TASK_BASE_BYTES
+
+    base = dict(graph=graph.store_url, layers=[2, 3, 4], mip=0, time_stamp=2e9, force=True)
+    run(MeshConfig(**base, executor="serial"), progress=False)
+    serial = all_shards(MeshJob(MeshConfig(**base)), (2, 3, 4))
+    # A budget below a stitching task's base estimate: every stitched chunk is split in two.
+    config = MeshConfig(**base, memory_budget=int(TASK_BASE_BYTES * 0.75))
+    summary = run(config, executor=RayExecutor(), progress=False)
+    assert [s.chunks_split for s in summary.layers] == [0, summary.layers[1].chunks, summary.layers[2].chunks]
+    assert all(not s.failures for s in summary.layers)
+    assert all_shards(MeshJob(config), (2, 3, 4)) == serial
+
+
 def test_missing_custom_resource_fails_fast_naming_the_layer(ray_local, graph):
     from actors.ray_executor import RayExecutor
 

@@ -174,3 +174,20 @@ def test_configs_parse():
 
     config = load_config(str(Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"))
     assert config.layers == [2, 3, 4] and config.memory_budget == 2 * 2**30
+
+
+def test_a_chunk_split_over_tasks_gives_the_same_shard(stitched):
+    """Slices of a chunk's nodes, stitched apart and merged, write the single task's bytes."""
+    import pickle
+
+    job, _ = stitched
+    for layer in (3, 4):
+        for _, coords in job.iter_chunks(layer):
+            key = job.shard_path(layer, coords)
+            whole = job.bucket.read(key)
+            for parts in (2, 3):
+                pieces = [pickle.loads(pickle.dumps(job.stitch_part(layer, coords, k, parts))) for k in range(parts)]
+                plan = plan_chunk(job.store, layer, int(job.meta.layout.chunk_id(layer, *coords)), job.time_stamp)
+                assert sum(p.stats.nodes for p in pieces) == len(plan.descendants)
+                out = job.write_parts(layer, coords, pieces)
+                assert out.stats.parts == parts and job.bucket.read(key) == whole, (layer, coords, parts)
