@@ -13,10 +13,11 @@ on their children, so every answer "as of T" before the edit is unchanged. Which
    as in PCG.
 
 Supervoxel connectivity: cross-chunk edges come from the store (the layer-2 nodes' atomic cross
-edges); in-chunk edges from face contacts in the supervoxel segmentation (raymesh's builder made
-them the same way; PCG keeps them in edge files). A merge adds one edge; a split removes a
-minimum edge cut between the two supervoxels (unit capacities: PCG weighs by affinity, which a
-label volume does not have).
+edges); inside a layer-2 node only its connectedness matters, except near a split, where the real
+face contacts are read from the supervoxel segmentation (raymesh's builder made them the same
+way; PCG keeps them in edge files). A merge adds one edge; a split removes a minimum edge cut
+between the two supervoxels within PCG's split bounding box (unit capacities: PCG weighs by
+affinity, which a label volume does not have).
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ def _edit(store, kind: str, sv_a: int, sv_b: int, time_stamp) -> EditResult:
     old_roots = sorted({int(r) for r in roots})
     tree = _subtree(store, old_roots)
     sv_ids = np.array(sorted(tree.sv_to_l2), dtype=np.uint64)
-    pairs, elayers = _edges(store, tree, sv_ids, ms)
+    region = _split_region(store, sv_a, sv_b) if kind == "split" else None
+    pairs, elayers, cuttable = _edges(store, tree, sv_ids, ms, region)
     added = removed = None
     if kind == "merge":
         from raymesh.builder import edge_layers
@@ -87,7 +89,7 @@ def _edit(store, kind: str, sv_a: int, sv_b: int, time_stamp) -> EditResult:
         pairs = np.concatenate([pairs, added])
         elayers = np.concatenate([elayers, edge_layers(added, layout)])
     else:
-        keep = _min_cut_keep(sv_ids, pairs, sv_a, sv_b)
+        keep = _min_cut_keep(sv_ids, pairs, cuttable, sv_a, sv_b)
         removed = pairs[~keep]
         pairs, elayers = pairs[keep], elayers[keep]
     from raymesh.builder import group_hierarchy
@@ -127,17 +129,47 @@ def _subtree(store, roots: list[int]) -> _Subtree:
     return _Subtree(nodes, children, sv_to_l2, store.get_cross_edges(l2))
 
 
-def _edges(store, tree: _Subtree, sv_ids: np.ndarray, ms: int) -> tuple[np.ndarray, np.ndarray]:
-    """The edited objects' supervoxel edges: cross edges from the store, in-chunk contacts from
-    the segmentation (one block read per layer-2 chunk of the objects)."""
+SPLIT_BOUNDING_OFFSET = (240, 240, 24)  # PCG's default custom_data["split_bounding_offset"], voxels
+
+
+def _split_region(store, sv_a: int, sv_b: int) -> set[tuple[int, int, int]]:
+    """Layer-2 chunks within PCG's split bounding offset of the two supervoxels' chunks: only
+    there may a split cut edges (as PCG's mincut graph is limited to that box)."""
+    layout = store.layout
+    offset = np.asarray(store.meta.custom_data.get("split_bounding_offset", SPLIT_BOUNDING_OFFSET))
+    reach = -(-offset // np.asarray(store.meta.chunk_size))
+    coords = layout.get_chunk_coordinates(np.array([sv_a, sv_b], dtype=np.uint64))
+    lo = coords.min(axis=0) - reach
+    hi = coords.max(axis=0) + reach
+    return {tuple(c) for c in np.stack(np.meshgrid(*[np.arange(a, b + 1) for a, b in zip(lo, hi)],
+                                                   indexing="ij"), -1).reshape(-1, 3).tolist()}
+
+
+def _edges(store, tree: _Subtree, sv_ids: np.ndarray, ms: int, region: set | None = None
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The edited objects' supervoxel edges, their layers, and which of them a split may cut.
+
+    Cross edges come from the store. Inside a layer-2 node the edges only need to keep it
+    connected, so a star over its supervoxels stands in for them (no segmentation read), except
+    in the split region, where the real face contacts are read from the segmentation because
+    the cut may pass through them.
+    """
     from raymesh.builder import edge_layers
 
     layout = store.layout
     cross = [pairs for per_layer in tree.l2_cross.values() for pairs in per_layer.values() if len(pairs)]
     cross = np.concatenate(cross) if cross else np.empty((0, 2), np.uint64)
     cross = cross[np.isin(cross[:, 1], sv_ids)]  # edges to other objects are not the object's
-    inner = _in_chunk_contacts(store, tree)
-    edges = {tuple(p) for p in np.sort(np.concatenate([cross, inner]), axis=1).tolist()}
+    inner = [np.empty((0, 2), np.uint64)]
+    for l2, kids in tree.children.items():
+        if layout.get_chunk_layer(l2) != 2 or len(kids) < 2:
+            continue
+        if region is not None and tuple(layout.get_chunk_coordinates(l2).tolist()) in region:
+            inner.append(_in_chunk_contacts(store, l2, kids))
+        else:
+            kids = np.sort(kids)
+            inner.append(np.stack([np.repeat(kids[:1], len(kids) - 1), kids[1:]], axis=1))
+    edges = {tuple(p) for p in np.sort(np.concatenate([cross, *inner]), axis=1).tolist()}
     # Earlier edits, in order: merges may join supervoxels that do not touch (PCG's fake edges),
     # splits removed contacts that the segmentation still shows.
     members = set(sv_ids.tolist())
@@ -147,50 +179,51 @@ def _edges(store, tree: _Subtree, sv_ids: np.ndarray, ms: int) -> tuple[np.ndarr
         edges.update(tuple(sorted(p)) for p in op["added"].tolist() if p[0] in members and p[1] in members)
         edges.difference_update(tuple(sorted(p)) for p in op["removed"].tolist())
     pairs = np.array(sorted(edges), dtype=np.uint64).reshape(-1, 2)
-    return pairs, edge_layers(pairs, layout)
+    if region is None:
+        cuttable = np.zeros(len(pairs), dtype=bool)
+    else:
+        inside = [np.array([tuple(c) in region for c in layout.get_chunk_coordinates(pairs[:, i]).tolist()], bool)
+                  if len(pairs) else np.zeros(0, bool) for i in (0, 1)]
+        cuttable = inside[0] | inside[1]
+    return pairs, edge_layers(pairs, layout), cuttable
 
 
-def _in_chunk_contacts(store, tree: _Subtree) -> np.ndarray:
+def _in_chunk_contacts(store, l2: int, kids: np.ndarray) -> np.ndarray:
+    """Face contacts between a layer-2 node's supervoxels, from the segmentation."""
     from raymesh.builder import contact_pairs
     from raymesh.volume import read_block
 
     meta = store.meta
-    layout = store.layout
     cs = np.asarray(meta.chunk_size)
-    out = [np.empty((0, 2), np.uint64)]
-    for l2, kids in tree.children.items():
-        if layout.get_chunk_layer(l2) != 2 or len(kids) < 2:
-            continue
-        lo = layout.get_chunk_coordinates(l2) * cs + meta.voxel_offset_at(0)
-        hi = np.minimum(lo + cs, meta.voxel_offset_at(0) + meta.size_at(0))
-        block = read_block(meta.segmentation_path, 0, lo, hi)
-        members = np.isin(block, kids)
-        found = contact_pairs(np.where(members, block, 0), members.astype(np.uint64))
-        out.append(found)
-    return np.concatenate(out)
+    lo = store.layout.get_chunk_coordinates(l2) * cs + meta.voxel_offset_at(0)
+    hi = np.minimum(lo + cs, meta.voxel_offset_at(0) + meta.size_at(0))
+    block = read_block(meta.segmentation_path, 0, lo, hi)
+    members = np.isin(block, kids)
+    return contact_pairs(np.where(members, block, 0), members.astype(np.uint64))
 
 
-def _min_cut_keep(sv_ids: np.ndarray, pairs: np.ndarray, source: int, sink: int) -> np.ndarray:
-    """Mask of edges kept after removing a minimum edge cut between ``source`` and ``sink``."""
+def _min_cut_keep(sv_ids: np.ndarray, pairs: np.ndarray, cuttable: np.ndarray, source: int, sink: int) -> np.ndarray:
+    """Mask of edges kept after removing a minimum cut of cuttable edges between the two."""
     from scipy.sparse import csr_matrix
     from scipy.sparse.csgraph import breadth_first_order, maximum_flow
 
     n = len(sv_ids)
+    big = int(cuttable.sum()) + 1  # more than every cuttable edge together: never cut
     a = np.searchsorted(sv_ids, pairs[:, 0])
     b = np.searchsorted(sv_ids, pairs[:, 1])
-    rows = np.concatenate([a, b])
-    cols = np.concatenate([b, a])
-    cap = csr_matrix((np.ones(len(rows), dtype=np.int32), (rows, cols)), shape=(n, n))
+    weight = np.where(cuttable, 1, big).astype(np.int32)
+    cap = csr_matrix((np.concatenate([weight, weight]), (np.concatenate([a, b]), np.concatenate([b, a]))),
+                     shape=(n, n))
     s, t = int(np.searchsorted(sv_ids, source)), int(np.searchsorted(sv_ids, sink))
-    flow = maximum_flow(cap, s, t).flow
-    residual = (cap - flow).tocsr()
+    result = maximum_flow(cap, s, t)
+    if result.flow_value >= big:
+        raise EditError(f"supervoxels {source} and {sink} are connected outside the split region (their chunks "
+                        "plus custom_data['split_bounding_offset']); no cut there separates them")
+    residual = (cap - result.flow).tocsr()
     residual.data[residual.data <= 0] = 0
     residual.eliminate_zeros()
-    reach = breadth_first_order(residual, s, directed=True, return_predecessors=False)
     side = np.zeros(n, dtype=bool)
-    side[reach] = True
-    if side[t]:  # pragma: no cover - max-flow guarantees the sink is cut off
-        raise EditError("no cut separates the two supervoxels")
+    side[breadth_first_order(residual, s, directed=True, return_predecessors=False)] = True
     return side[a] == side[b]
 
 

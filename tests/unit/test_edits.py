@@ -210,3 +210,16 @@ def test_watch_stops_cleanly_on_ctrl_c(meshed):
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert "stopped after operation 0" in out
+
+
+def test_min_cut_only_cuts_inside_the_split_region():
+    from raymesh.edits import _min_cut_keep
+
+    ids = np.array([1, 2, 3, 4], np.uint64)
+    ring = np.array([[1, 2], [2, 3], [3, 4], [1, 4]], np.uint64)
+    keep = _min_cut_keep(ids, ring, np.ones(4, bool), 1, 3)
+    assert (~keep).sum() == 2, "a ring is cut twice"
+    keep = _min_cut_keep(ids, ring, np.array([True, False, True, False]), 1, 3)
+    assert ring[~keep].tolist() == [[1, 2], [3, 4]], "only the cuttable edges are cut"
+    with pytest.raises(EditError, match="connected outside the split region"):
+        _min_cut_keep(ids, ring, np.array([True, True, False, False]), 1, 3)
