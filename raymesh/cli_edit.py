@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 
 
 def add_edit_commands(sub) -> None:
@@ -104,15 +103,23 @@ CURSOR = "raymesh_watch.json"
 
 def cmd_watch(args) -> int:
     """Poll the edit log; remesh each edit's new nodes once; remember the last edit remeshed in
-    the mesh directory, so a restarted watch goes on where it stopped."""
+    the mesh directory, so a restarted watch goes on where it stopped.
+
+    Ctrl-C (or SIGTERM) sets a flag rather than raising inside a storage or graph call: the edit
+    in progress is finished and recorded, then the watch stops."""
+    import signal
+    import threading
+
     remesher = remesher_for(args.graph, executor=args.executor)
     bucket = remesher.job.bucket
     raw = bucket.read(CURSOR)
     last = json.loads(raw)["last_operation"] if raw else 0
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     executor = _executor(args)
     print(f"watching {args.graph} from operation {last + 1} (Ctrl-C stops)", flush=True)
     try:
-        while True:
+        while not stop.is_set():
             for op in remesher.job.store.operations(after=last):
                 summary = remesher.run(remesher.nodes_for_operations([op]), executor)
                 print(f"operation {op['id']} ({op['kind']}):", end=" ")
@@ -120,13 +127,16 @@ def cmd_watch(args) -> int:
                 last = op["id"]
                 bucket.write(CURSOR, json.dumps({"last_operation": last}).encode())
                 sys.stdout.flush()
+                if stop.is_set():
+                    break
             if args.once:
                 return 0
-            time.sleep(args.interval)
-    except KeyboardInterrupt:
-        print(f"stopped after operation {last}")
+            stop.wait(args.interval)
+        print(f"stopped after operation {last}", flush=True)
         return 0
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if executor is not None:
             executor.shutdown()
 
