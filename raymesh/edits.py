@@ -233,14 +233,13 @@ def _write_new_nodes(store, tree: _Subtree, grouped, ms: int) -> tuple[dict[int,
     rename: dict[int, int] = {}  # grouped (temporary) id -> final id
     new_nodes: dict[int, list[int]] = {}
     allocator = _StoreAllocator(store)
-    cross_new = {}
-    if grouped.cross_l2 is not None and len(grouped.cross_l2):
-        for node, layer, pairs in zip(grouped.cross_l2, grouped.cross_layer, grouped.cross_pairs):
-            cross_new.setdefault(int(node), {})[int(layer)] = pairs
+    cross_new: dict[int, dict[int, np.ndarray]] = {}  # grouped layer-2 id -> {edge layer: pairs}
+    for node, layer, pairs in zip(grouped.cross_l2, grouped.cross_layer, grouped.cross_pairs):
+        cross_new.setdefault(int(node), {})[int(layer)] = pairs
     for layer in sorted(grouped.layers):
         ids, kids = grouped.layers[layer]
         existing = tree.nodes.get(layer, {})
-        fresh_ids, fresh_kids = [], []
+        fresh_ids, fresh_kids, fresh_temps = [], [], []
         for temp, children in zip(ids, kids):
             final_children = np.array(sorted(rename.get(int(c), int(c)) for c in children), dtype=np.uint64)
             old = existing.get(frozenset(final_children.tolist()))
@@ -251,15 +250,15 @@ def _write_new_nodes(store, tree: _Subtree, grouped, ms: int) -> tuple[dict[int,
             rename[int(temp)] = new_id = allocator.next(layer, chunk)
             fresh_ids.append(new_id)
             fresh_kids.append(final_children)
+            fresh_temps.append(int(temp))
         if fresh_ids:
             order = np.argsort(fresh_ids)
             store.write_nodes(np.array(fresh_ids, dtype=np.uint64)[order], [fresh_kids[i] for i in order], ms / 1000)
             new_nodes[layer] = sorted(fresh_ids)
         if layer == 2 and fresh_ids:
-            inverse = {v: k for k, v in rename.items()}
             l2s, layers_, edges = [], [], []
-            for node in sorted(fresh_ids):
-                for elayer, pairs in sorted(cross_new.get(inverse[node], {}).items()):
+            for node, temp in sorted(zip(fresh_ids, fresh_temps)):
+                for elayer, pairs in sorted(cross_new.get(temp, {}).items()):
                     l2s.append(node)
                     layers_.append(elayer)
                     edges.append(pairs)

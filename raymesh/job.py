@@ -285,8 +285,8 @@ class MeshJob:
 
         nodes = sorted(disassemble_shard(data, self.sharding(layer)))
         out = self._output(stats, data, nodes, keep_shard)
-        if all(self.bucket.exists(self.shard_path(c_layer, self.meta.layout.get_chunk_coordinates(c).tolist()))
-               for c_layer, c in out.consumers) and not self.config.force:
+        layout = self.meta.layout
+        if all(self.bucket.exists(shard_key(layout, c_layer, c)) for c_layer, c in out.consumers):
             return ChunkOutput(stats)
         return out
 
@@ -337,12 +337,7 @@ class MeshJob:
                      keep_shard: bool = False) -> ChunkOutput:
         """Stitch one chunk node by node into its shard, streaming: one node's children decoded at
         a time, finished fragments spooled to a temporary file, the shard written whole at the end."""
-        from raymesh.sharding import ShardBuilder
-
-        budget = self.config.memory_budget
-        # Finished fragments are written out as they come: the shard is ~8x bigger each layer,
-        # so keeping it in memory would make a task grow with the layer, as PCG's does.
-        builder = ShardBuilder(self.sharding(layer), spool_bytes=max(1, min(budget // 4, SPOOL_BYTES)))
+        builder = self._shard_builder(layer)
         try:
             stats = self._stitch_into(builder, layer, coords, 0, 1, reader, shards)
             return self._write_shard(builder, stats, layer, coords, keep_shard)
@@ -360,9 +355,7 @@ class MeshJob:
     def write_parts(self, layer: int, coords, parts: list["StitchedPart"], keep_shard: bool = False) -> ChunkOutput:
         """The chunk's one shard from its parts, in order (each part is a run of canonical order,
         so the bytes equal a single task's)."""
-        from raymesh.sharding import ShardBuilder
-
-        builder = ShardBuilder(self.sharding(layer), spool_bytes=SPOOL_BYTES)
+        builder = self._shard_builder(layer)
         stats = ChunkStats(layer, tuple(coords))
         try:
             for piece in parts:
@@ -377,9 +370,17 @@ class MeshJob:
         finally:
             builder.close()
 
+    def _shard_builder(self, layer: int):
+        """Finished fragments are spooled out as they come: the shard is ~8x bigger each layer,
+        so keeping it in memory would make a task grow with the layer, as PCG's does."""
+        from raymesh.sharding import ShardBuilder
+
+        budget = self.config.memory_budget
+        return ShardBuilder(self.sharding(layer), spool_bytes=max(1, min(budget // 4, SPOOL_BYTES)))
+
     def _stitch_into(self, sink, layer: int, coords, part: int, parts: int, reader, shards) -> ChunkStats:
         from raymesh.sharding import canonical_order
-        from raymesh.stitch import DECODE_FACTOR, node_cost, plan_chunk, stitch_nodes
+        from raymesh.stitch import DECODE_FACTOR, StitchPlan, node_cost, plan_chunk, stitch_nodes
 
         chunk = int(self.meta.layout.chunk_id(layer, *coords))
         plan = plan_chunk(self.store, layer, chunk, self.time_stamp)
@@ -390,7 +391,7 @@ class MeshJob:
             reader = self.fragment_reader() if not shards else self._cached_reader(shards, cache_hits)
         mine = {n: plan.descendants[n] for n in order}
         reader.preload(d for desc in mine.values() for d in desc)
-        cost = node_cost(type(plan)(plan.layer, plan.chunk_id, mine), reader)
+        cost = node_cost(StitchPlan(plan.layer, plan.chunk_id, mine), reader)
         stats = ChunkStats(layer, tuple(coords), nodes=len(order))
         stats.over_budget = [n for n, c in cost.items() if DECODE_FACTOR * c > self.config.memory_budget]
         for result in stitch_nodes(self.grid, plan, order, reader):

@@ -31,13 +31,6 @@ class TaskRequest:
     memory: int
     resources: dict[str, float] = field(default_factory=dict)
 
-    def merge(self, other: "TaskRequest") -> "TaskRequest":
-        """A batch of chunks runs one after another in one task: the largest request covers it."""
-        resources = dict(self.resources)
-        for name, amount in other.resources.items():
-            resources[name] = max(resources.get(name, 0.0), amount)
-        return TaskRequest(max(self.memory, other.memory), resources)
-
 
 def l2_request(block_shape, budget: int) -> int:
     """Memory for meshing one layer-2 chunk whose block (with overlap) has ``block_shape``."""

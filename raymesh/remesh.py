@@ -55,8 +55,8 @@ class Remesher:
         return (Remesher, (self.job, self.force))
 
     # ---- which nodes ---------------------------------------------------------------------------
-    def new_nodes_under(self, roots, since_ms: int, until_ms: int | None = None) -> dict[int, list[int]]:
-        """Nodes below ``roots`` created after ``since_ms`` (and at or before ``until_ms``)."""
+    def new_nodes_under(self, roots, since_ms: int) -> dict[int, list[int]]:
+        """Nodes below ``roots`` created after ``since_ms``."""
         store = self.job.store
         layout = store.layout
         found: dict[int, set[int]] = {}
@@ -67,9 +67,8 @@ class Remesher:
             if len(unknown):
                 raise GraphError(f"unknown node id(s) {unknown[:5].tolist()} in graph {self.job.meta.graph_id}")
             fresh = frontier[ts > since_ms]
-            for node, t in zip(frontier[ts > since_ms], ts[ts > since_ms]):
-                if until_ms is None or t <= until_ms:
-                    found.setdefault(int(layout.get_chunk_layer(node)), set()).add(int(node))
+            for node in fresh:
+                found.setdefault(int(layout.get_chunk_layer(node)), set()).add(int(node))
             kids = store.get_children(fresh) if len(fresh) else {}
             nxt = np.concatenate(list(kids.values()) or [np.empty(0, np.uint64)])
             frontier = np.unique(nxt[layout.get_chunk_layer(nxt) >= 2]) if len(nxt) else nxt
@@ -169,6 +168,7 @@ class Remesher:
         wanted = [n for n in nodes if n in plan.descendants]  # single-child nodes get no mesh (7.1)
         subset = StitchPlan(layer, chunk, {n: plan.descendants[n] for n in wanted})
         reader = DynamicFirstReader(self, job.fragment_reader())
+        reader.preload(d for desc in subset.descendants.values() for d in desc)
         fragments = {}
         for result in stitch_nodes(job.grid, subset, wanted, reader):
             out["missing"] += result.missing
@@ -197,21 +197,29 @@ class Remesher:
 
 
 class DynamicFirstReader:
-    """Child fragments from ``dynamic/`` when there, else from the initial shards (PCG's order)."""
+    """Child fragments of new nodes from ``dynamic/``, of initial nodes from the initial shards.
+
+    PCG tries ``dynamic/`` first for every child; only nodes created after ``initial_ts`` can
+    have a file there (remeshing writes no others), so the creation times, read in one batch,
+    say where to look and spare a storage miss per initial child.
+    """
 
     def __init__(self, remesher: Remesher, initial):
         self.remesher = remesher
         self.initial = initial
-        self.initial_ms = remesher.initial_ms
         self.stats = initial.stats
+        self._created: dict[int, int] = {}
+
+    def preload(self, nodes) -> None:
+        ids = sorted({int(n) for n in nodes} - set(self._created))
+        if ids:
+            self._created.update(zip(ids, self.remesher.job.store.get_node_timestamps(ids).tolist()))
 
     def read(self, node: int) -> bytes | None:
-        data = self.remesher.job.bucket.read(self.remesher.key(node))
-        if data is not None:
-            return data
-        created = int(self.remesher.job.store.get_node_timestamps([node])[0])
-        if created >= self.initial_ms:
-            return None  # a new node whose mesh is not written yet (or failed)
+        self.preload([node])
+        if self._created[int(node)] >= self.remesher.initial_ms:
+            # A new node: its mesh is in dynamic/, or not written (yet, or it failed).
+            return self.remesher.job.bucket.read(self.remesher.key(node))
         try:
             return self.initial.read(node)
         except MeshingError:

@@ -133,6 +133,11 @@ class BigtableStore(GraphStore):
             parts.append(rf.CellsColumnLimitFilter(1))
         return rf.RowFilterChain(filters=parts)
 
+    def _newest_cell(self, key: bytes, qualifier: bytes):
+        """The newest family-0 cell of one row and column (meta, version), or None."""
+        rows = self._read_keys([key], self._column(FAMILY_HIERARCHY, qualifier))
+        return self._cell(rows[key], FAMILY_HIERARCHY, qualifier) if key in rows else None
+
     @staticmethod
     def _cell(row, family: str, qualifier: bytes):
         cells = row.cells.get(family, {}).get(qualifier, [])
@@ -142,8 +147,7 @@ class BigtableStore(GraphStore):
     def raw_meta(self) -> dict | None:
         from raymesh.graph.pcg_meta import loads_meta
 
-        rows = self._read_keys([b"meta"], self._column(FAMILY_HIERARCHY, b"meta"))
-        cell = self._cell(rows[b"meta"], FAMILY_HIERARCHY, b"meta") if b"meta" in rows else None
+        cell = self._newest_cell(b"meta", b"meta")
         return None if cell is None else loads_meta(cell.value)
 
     @property
@@ -159,23 +163,17 @@ class BigtableStore(GraphStore):
     @property
     def version(self) -> str | None:
         """The PCG package version that created the table (row ``version``)."""
-        rows = self._read_keys([b"version"], self._column(FAMILY_HIERARCHY, b"version"))
-        cell = self._cell(rows[b"version"], FAMILY_HIERARCHY, b"version") if b"version" in rows else None
+        cell = self._newest_cell(b"version", b"version")
         return None if cell is None else cell.value.decode()
 
     def update_meta(self, meta: GraphMeta, time_stamp: TimeStamp = None) -> None:
         from raymesh.graph.pcg_meta import dumps_meta
 
         ms = write_ms(time_stamp)
-        last = self._meta_cell_ms()
-        ms = max(ms, last + 1)  # a new version, never the same cell as the previous one
+        last = self._newest_cell(b"meta", b"meta")
+        ms = max(ms, _cell_ms(last) + 1 if last else 0)  # a new version, never the previous cell
         self._write_rows([self._row(b"meta", FAMILY_HIERARCHY, b"meta", dumps_meta(meta), ms)])
         self._meta = None
-
-    def _meta_cell_ms(self) -> int:
-        rows = self._read_keys([b"meta"], self._column(FAMILY_HIERARCHY, b"meta"))
-        cell = self._cell(rows[b"meta"], FAMILY_HIERARCHY, b"meta") if b"meta" in rows else None
-        return 0 if cell is None else int(cell.timestamp.timestamp() * 1000)
 
     # ---- hierarchy reads --------------------------------------------------------------------
     def _counter_keys(self, chunk_id: int, layer: int) -> list[bytes]:
@@ -263,7 +261,7 @@ class BigtableStore(GraphStore):
         for key, row in rows.items():
             cell = self._cell(row, FAMILY_HIERARCHY, b"children")
             if cell is not None:
-                found[int(key)] = int(cell.timestamp.timestamp() * 1000)
+                found[int(key)] = _cell_ms(cell)
         return np.array([found.get(i, 0) for i in ids], dtype=np.int64)
 
     def get_cross_edges(self, l2_ids: Iterable[int], time_stamp: TimeStamp = None) -> dict[int, dict[int, np.ndarray]]:
@@ -328,7 +326,7 @@ class BigtableStore(GraphStore):
     def _built_ms(self) -> int:
         rows = self._read_keys([b"meta"], self._column(FAMILY_HIERARCHY, b"meta", newest=False))
         cells = rows[b"meta"].cells[FAMILY_HIERARCHY][b"meta"] if b"meta" in rows else []
-        return min((int(c.timestamp.timestamp() * 1000) for c in cells), default=0)
+        return min((_cell_ms(c) for c in cells), default=0)
 
     # ---- writes (builders, edits) -------------------------------------------------------------
     def _row(self, key: bytes, family: str, qualifier: bytes, value: bytes, ms: int | None):
@@ -348,14 +346,10 @@ class BigtableStore(GraphStore):
         counters raised to cover the new ids (what PCG ingest and edits write, 2.8/2.10)."""
         ms = write_ms(time_stamp)
         rows = []
-        parent_cells: dict[int, list] = {}
         for node, kids in zip(node_ids, children):
             rows.append(self._row(pad(node), FAMILY_HIERARCHY, b"children", _ids_value(kids), ms))
             value = np.array([node], dtype="<u8").tobytes()
-            for child in kids:
-                parent_cells.setdefault(int(child), []).append(value)
-        for child, values in parent_cells.items():
-            rows.append(self._row(pad(child), FAMILY_HIERARCHY, b"parents", values[-1], ms))
+            rows.extend(self._row(pad(child), FAMILY_HIERARCHY, b"parents", value, ms) for child in kids)
         rows.extend(self._counter_rows(np.asarray(node_ids, dtype=np.uint64)))
         self._write_rows(rows)
 
@@ -395,6 +389,11 @@ class BigtableStore(GraphStore):
         ms = write_ms(time_stamp)
         self._write_rows([self._row(pad(n), FAMILY_EDGES, b"atomic_cross_edges_%d" % int(layer), _ids_value(e), ms)
                           for n, layer, e in zip(l2_ids, layers, edges)])
+
+
+def _cell_ms(cell) -> int:
+    """A cell's timestamp in whole milliseconds (PCG's resolution)."""
+    return int(cell.timestamp.timestamp() * 1000)
 
 
 def _version() -> str:

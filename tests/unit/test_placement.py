@@ -14,11 +14,9 @@ from support import SYNTH_CHUNK, SYNTH_RES
 GiB = 2**30
 
 
-def test_requests_are_clipped_to_the_budget_and_merge_to_the_largest():
+def test_requests_are_clipped_to_the_budget():
     assert stitch_request(0, 4 * GiB) == TASK_BASE_BYTES
     assert stitch_request(10 * GiB, 2 * GiB) == 2 * GiB
-    a = TaskRequest(GiB, {"raymesh_highmem": 1.0})
-    assert a.merge(TaskRequest(2 * GiB)) == TaskRequest(2 * GiB, {"raymesh_highmem": 1.0})
 
 
 def test_highmem_resource_from_the_threshold_layer_up():
