@@ -75,6 +75,7 @@ def cmd_edit(args) -> int:
 def _report(summary) -> None:
     print(f"remeshed {sum(summary.written.values())} fragments into dynamic/ "
           f"({summary.skipped} already there, {summary.missing} descendants without a mesh, "
+          f"{summary.unstitched} nodes left to their children's meshes, "
           f"{len(summary.failures)} failures) in {summary.seconds:.2f} s")
     for failure in summary.failures:
         print(f"  failed: {failure}")

@@ -34,6 +34,8 @@ def add_mesh_commands(sub) -> None:
     p.add_argument("--time-stamp", type=float, help="POSIX seconds (graph state to mesh)")
     p.add_argument("--dust-threshold", type=int)
     p.add_argument("--memory-budget", help="memory one stitching task may use (default 2GiB)")
+    p.add_argument("--max-stitch-bytes", help="most child-fragment bytes one node is stitched from; bigger "
+                   "nodes keep no mesh and viewers load their children's (default: from the budget)")
     p.add_argument("--workers", type=int, help="local Ray CPUs")
     p.add_argument("--address", help="Ray address: auto, ray://host:10001")
     p.add_argument("--graph-meta", choices=["auto", "write", "dry-run", "skip"],
@@ -68,6 +70,7 @@ def config_from_args(args):
                        mesh_dir=args.mesh_dir, time_stamp=args.time_stamp,
                        dust_threshold=args.dust_threshold, workers=args.workers, address=args.address,
                        executor=args.executor, force=args.force, memory_budget=args.memory_budget,
+                       max_stitch_bytes=args.max_stitch_bytes,
                        chunks_per_task=args.chunks_per_task, highmem_layer=args.highmem_layer,
                        placement_timeout=args.placement_timeout, graph_meta=args.graph_meta,
                        max_graph_reads=args.max_graph_reads)
@@ -84,7 +87,8 @@ def cmd_mesh(args) -> int:
         if layer.layer > 2:
             print(f"  read {layer.bytes_read} bytes of child shards: {layer.shard_reads} from storage, "
                   f"{layer.cache_reads} from the object store; "
-                  f"{layer.missing} descendants without a mesh; {layer.over_budget} nodes over the memory budget")
+                  f"{layer.missing} layer-2 descendants without a mesh; {layer.unstitched} nodes left to their "
+                  f"children's meshes (over the node limit, or above such a node)")
         for failure in layer.failures:
             print(f"  failed: {failure}")
     print(f"meshes: {summary.mesh_path}")

@@ -49,6 +49,10 @@ class MeshConfig(BaseModel):
     sharding: dict[int, ShardingOverride] = Field(default_factory=dict)
     memory_budget: int = Field(2 * 2**30, gt=0, description="bytes one stitching task may use; "
                                "accepts 2GiB, 512MiB, ...")
+    max_stitch_bytes: Optional[int] = Field(None, ge=0, description="most child-fragment bytes one node is "
+                                            "stitched from; a bigger node keeps no mesh and viewers load its "
+                                            "children's (PCG's verified manifest). Default: (memory_budget - "
+                                            "256MiB) / 16")
     highmem_layer: Optional[int] = Field(None, ge=2, description="layers at or above this one also ask "
                                          "Ray for one unit of highmem_resource (big-memory nodes)")
     highmem_resource: str = Field("raymesh_highmem", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
@@ -70,7 +74,7 @@ class MeshConfig(BaseModel):
     executor: str = Field("ray", pattern="^(ray|serial)$")
     force: bool = False
 
-    @field_validator("memory_budget", "shard_cache_bytes", mode="before")
+    @field_validator("memory_budget", "shard_cache_bytes", "max_stitch_bytes", mode="before")
     @classmethod
     def _bytes(cls, v):
         if isinstance(v, str):

@@ -41,7 +41,7 @@ class ChunkStats:
     bytes_read: int = 0  # child shard bytes read (stitching)
     shard_bytes: int = 0  # size of this chunk's shard, written now or found from a previous run
     missing: int = 0  # descendants without a fragment in an existing child shard
-    over_budget: list[int] = field(default_factory=list)  # nodes whose decoded children exceed the budget
+    unstitched: list[int] = field(default_factory=list)  # nodes left to their children's meshes
     parts: int = 1  # tasks the chunk's nodes were split over (stitching, past the memory budget)
 
 
@@ -59,7 +59,7 @@ class LayerSummary:
     cache_reads: int = 0
     bytes_read: int = 0
     missing: int = 0
-    over_budget: int = 0
+    unstitched: int = 0  # nodes over the node limit (or above one), left to their children's meshes
     chunks_split: int = 0  # chunks whose nodes were split over several tasks
 
     def add(self, s: ChunkStats) -> None:
@@ -73,7 +73,7 @@ class LayerSummary:
         self.cache_reads += s.cache_reads
         self.bytes_read += s.bytes_read
         self.missing += s.missing
-        self.over_budget += len(s.over_budget)
+        self.unstitched += len(s.unstitched)
         self.chunks_split += int(s.parts > 1)
 
 
@@ -364,7 +364,7 @@ class MeshJob:
                 for name in ("nodes", "missing", "shard_reads", "cache_reads", "bytes_read"):
                     setattr(stats, name, getattr(stats, name) + getattr(piece.stats, name))
                 stats.failures += piece.stats.failures
-                stats.over_budget += piece.stats.over_budget
+                stats.unstitched += piece.stats.unstitched
             stats.parts = len(parts)
             return self._write_shard(builder, stats, layer, coords, keep_shard)
         finally:
@@ -380,23 +380,25 @@ class MeshJob:
 
     def _stitch_into(self, sink, layer: int, coords, part: int, parts: int, reader, shards) -> ChunkStats:
         from raymesh.sharding import canonical_order
-        from raymesh.stitch import DECODE_FACTOR, StitchPlan, node_cost, plan_chunk, stitch_nodes
+        from raymesh.stitch import balanced_slice, node_cost, plan_chunk, stitch_nodes
 
         chunk = int(self.meta.layout.chunk_id(layer, *coords))
         plan = plan_chunk(self.store, layer, chunk, self.time_stamp)
-        order = canonical_order(plan.descendants, self.sharding(layer))
-        order = order[part * len(order) // parts:(part + 1) * len(order) // parts]
         cache_hits: set[int] = set()
         if reader is None:
             reader = self.fragment_reader() if not shards else self._cached_reader(shards, cache_hits)
-        mine = {n: plan.descendants[n] for n in order}
-        reader.preload(d for desc in mine.values() for d in desc)
-        cost = node_cost(StitchPlan(plan.layer, plan.chunk_id, mine), reader)
+        reader.preload(d for desc in plan.descendants.values() for d in desc)
+        limit = self.node_limit
+        order = canonical_order(plan.descendants, self.sharding(layer))
+        if parts > 1:
+            cost = {n: min(c, limit + 1) for n, c in node_cost(plan, reader).items()}
+            order = balanced_slice(order, cost, part, parts)
         stats = ChunkStats(layer, tuple(coords), nodes=len(order))
-        stats.over_budget = [n for n, c in cost.items() if DECODE_FACTOR * c > self.config.memory_budget]
-        for result in stitch_nodes(self.grid, plan, order, reader):
+        for result in stitch_nodes(self.grid, plan, order, reader, limit=limit):
             stats.missing += result.missing
-            if result.failure:
+            if result.unstitched:
+                stats.unstitched.append(result.node)
+            elif result.failure:
                 stats.failures.append(result.failure)
             else:
                 sink.add(result.node, result.data)
@@ -404,6 +406,13 @@ class MeshJob:
         stats.shard_reads = reader.stats.shard_files - len(cache_hits)
         stats.bytes_read = reader.stats.bytes_read
         return stats
+
+    @property
+    def node_limit(self) -> int:
+        """Child-fragment bytes above which a node keeps no mesh of its own (placement.node_limit)."""
+        from raymesh.placement import node_limit
+
+        return node_limit(self.config.memory_budget, self.config.max_stitch_bytes)
 
     def _write_shard(self, builder, stats: ChunkStats, layer: int, coords, keep_shard: bool) -> ChunkOutput:
         key = self.shard_path(layer, coords)

@@ -14,7 +14,7 @@ import numpy as np
 import zmesh
 
 from raymesh.draco import DracoError, DracoSettings, MeshGrid, encode
-from raymesh.remap import fetch_neighbourhood, remap_chunk
+from raymesh.remap import fetch_neighbourhood, remap_chunk, uncovered_by_lower
 from raymesh.volume import read_block
 
 REDUCTION_FACTOR = 100
@@ -52,13 +52,57 @@ def simplified_meshes(labels: np.ndarray, resolution, max_error: float = 40,
         mesher.clear()
 
 
+def cap_meshes(labels: np.ndarray, uncovered: dict[int, set[int]], resolution, max_error: float = 40,
+               reduction_factor: int = REDUCTION_FACTOR) -> dict[int, list[tuple[np.ndarray, np.ndarray]]]:
+    """Caps for the nodes a lower neighbour leaves open: ``{label: [(vertices, faces), ...]}``.
+
+    Deliberate addition to PCG (pcg-compat.md 6.3 leaves these open): where the lower neighbour
+    on an axis does not mesh a node on this chunk's first plane (``remap.uncovered_by_lower``),
+    the node's surface in the half-voxel slab below that plane is meshed here, the way that
+    neighbour would have: a two-plane block (background, then the node's voxels of the first
+    plane) gives the face half a voxel below and the walls up to the plane. Its open edge on the
+    plane is the same marching-squares contour as the node's own open edge there (zmesh keeps
+    open-boundary vertices through simplification), so the two weld exactly.
+    """
+    out: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+    for axis in sorted(uncovered):
+        if not uncovered[axis] or labels.shape[axis] < 2:
+            continue
+        plane = np.take(labels, 0, axis=axis)
+        keep = np.isin(plane, np.fromiter(uncovered[axis], dtype=np.uint64))
+        if not keep.any():
+            continue
+        block = np.stack([np.zeros_like(plane), np.where(keep, plane, 0)], axis=axis)
+        shift = np.zeros(3)
+        shift[axis] = float(resolution[axis])
+        for label, vertices, faces in simplified_meshes(block, resolution, max_error, reduction_factor):
+            out.setdefault(label, []).append((vertices - shift, faces))
+    return out
+
+
+def _with_caps(vertices: np.ndarray, faces: np.ndarray, caps: list[tuple[np.ndarray, np.ndarray]]):
+    """A node's mesh and its caps as one mesh, welded on the chunk's first planes."""
+    from raymesh.stitch import merge_across_boundaries
+
+    planes = np.full(3, np.nan)
+    for cap, _ in caps:
+        for axis in range(3):
+            if np.any(cap[:, axis] < 0):
+                planes[axis] = 0.0
+    return merge_across_boundaries([(vertices, faces)] + caps, planes)
+
+
 def mesh_block(labels: np.ndarray, offset_nm: np.ndarray, resolution, settings: DracoSettings,
                max_error: float = 40, reduction_factor: int = REDUCTION_FACTOR,
-               chunk_id: int = 0, layer: int = 2) -> ChunkMeshes:
+               chunk_id: int = 0, layer: int = 2,
+               caps: dict[int, list[tuple[np.ndarray, np.ndarray]]] | None = None) -> ChunkMeshes:
     """zmesh marching cubes + simplification of every label, shifted to nm, Draco-encoded."""
     out = ChunkMeshes(chunk_id=chunk_id, layer=layer)
+    caps = caps or {}
     for label, vertices, faces in simplified_meshes(labels, resolution, max_error, reduction_factor):
         out.n_nodes += 1
+        if label in caps:
+            vertices, faces = _with_caps(vertices, faces, caps[label])
         try:
             out.fragments[label] = encode(vertices + offset_nm, faces, settings)
         except DracoError as exc:
@@ -89,7 +133,9 @@ def mesh_l2_chunk(store, grid: MeshGrid, coords, *, time_stamp=None, max_error: 
     seg = read_l2_block(store.meta, grid, coords)
     hood = fetch_neighbourhood(store, coords, time_stamp=time_stamp)
     labels = remap_chunk(seg, hood, dust_threshold=dust_threshold)
+    uncovered = uncovered_by_lower(hood)
+    caps = cap_meshes(labels, uncovered, grid.resolution, max_error)
     result = mesh_block(labels, grid.chunk_offset(chunk_id), grid.resolution, grid.chunk_settings(chunk_id),
-                        max_error=max_error, chunk_id=chunk_id)
+                        max_error=max_error, chunk_id=chunk_id, caps=caps)
     result.n_nodes = len(hood.own)
     return result

@@ -20,8 +20,11 @@ TASK_BASE_BYTES = 256 * 2**20
 L2_BYTES_PER_VOXEL = 48
 # Stitching per byte of child shards: the chunk's own shard assembled for the object store
 # (about the size of its children), the minishard tables, and the biggest node decoded
-# (``stitch.DECODE_FACTOR`` times its fragments, a fraction of the chunk's children).
+# (``DECODE_FACTOR`` times its fragments, a fraction of the chunk's children).
 STITCH_BYTES_PER_CHILD_BYTE = 4
+# Decoded arrays (float64 vertices, uint32 faces) and the merged copy per byte of Draco, measured
+# on the real volume's fragments (about 11x at layer 2, lower above); the node limit uses this bound.
+DECODE_FACTOR = 16
 
 
 @dataclass(frozen=True)
@@ -51,10 +54,34 @@ def stitch_request(child_bytes: int, budget: int) -> int:
     return min(budget, stitch_estimate(child_bytes))
 
 
+def stitch_work(budget: int) -> int:
+    """What a task may use for stitching itself: the budget less the worker's own footprint."""
+    return max(0, int(budget) - TASK_BASE_BYTES)
+
+
 def stitch_parts(child_bytes: int, budget: int) -> int:
-    """Tasks a chunk's nodes are split over so each stays within the budget (1: no split). A
-    single node is never split (one fragment per node), so a huge node still needs its memory."""
-    return max(1, min(MAX_PARTS, -(-stitch_estimate(child_bytes) // budget)))
+    """Tasks a chunk's nodes are split over so each one's share of the work fits the budget
+    (1: no split; ``MAX_PARTS`` at most)."""
+    need = STITCH_BYTES_PER_CHILD_BYTE * int(child_bytes)
+    work = stitch_work(budget)
+    if need == 0:
+        return 1
+    if work == 0:
+        return MAX_PARTS
+    return max(1, min(MAX_PARTS, -(-need // work)))
+
+
+def node_limit(budget: int, max_stitch_bytes: int | None = None) -> int:
+    """Child-fragment bytes above which a node is not stitched into one mesh of its own.
+
+    A node's mesh must be decoded, merged and encoded whole, so its memory is the one cost that
+    splitting a chunk over tasks cannot bound. A node over the limit keeps no mesh; readers load
+    its children's fragments instead (PCG's manifest with verify=true descends into nodes without
+    a mesh). Default: what the budget leaves for work, over ``DECODE_FACTOR``.
+    """
+    if max_stitch_bytes is not None:
+        return int(max_stitch_bytes)
+    return stitch_work(budget) // DECODE_FACTOR
 
 
 def layer_resources(layer: int, highmem_layer: int | None, highmem_resource: str) -> dict[str, float]:

@@ -8,7 +8,7 @@ trips); ``remap_chunk`` is pure (arrays in, array out) so it is tested without a
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cc3d
 import numpy as np
@@ -24,6 +24,9 @@ class Neighbourhood:
     own: dict[int, np.ndarray]  # l2 id -> supervoxels, this chunk
     others: dict[int, np.ndarray]  # l2 id -> supervoxels, neighbour chunks
     ancestor: dict[int, int]  # l2 id -> ancestor at stop_layer (0 = broken chain)
+    # axis -> (stop layer, layer-2 ids) of the lower neighbour on that axis, where there is one
+    lower: dict[int, tuple[int, list[int]]] = field(default_factory=dict)
+    lower_ancestor: dict[int, dict[int, int]] = field(default_factory=dict)  # stop -> id -> ancestor
 
 
 def neighbour_chunks(layout: ChunkLayout, coords) -> list[int]:
@@ -54,8 +57,20 @@ def latest_l2_nodes(rows: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
     return kept
 
 
+def lower_neighbours(layout: ChunkLayout, coords) -> list[tuple[int, list[int]]]:
+    """``(axis, coords)`` of the chunks one below on each axis, inside the dataset."""
+    out = []
+    for axis in range(3):
+        if int(coords[axis]) > 0:
+            c = [int(v) for v in coords]
+            c[axis] -= 1
+            out.append((axis, c))
+    return out
+
+
 def fetch_neighbourhood(store, coords, time_stamp=None) -> Neighbourhood:
-    """Graph reads for one chunk: 8 chunk range reads (one batch) and one batched ancestor walk.
+    """Graph reads for one chunk: one batched range read (the chunk, its 7 positive neighbours and
+    its 3 lower ones) and one batched ancestor walk, for all the stop layers involved.
 
     Ancestors are taken at ``time_stamp`` (PCG takes them at "now", pcg-compat.md 10.1; for
     initial meshing right after ingest both agree, and T is the faithful choice).
@@ -63,13 +78,23 @@ def fetch_neighbourhood(store, coords, time_stamp=None) -> Neighbourhood:
     layout = store.layout
     stop = layout.stop_layer(coords)
     chunks = neighbour_chunks(layout, coords)
+    below = lower_neighbours(layout, coords)
+    rows = store.range_read_chunks(chunks + [int(layout.chunk_id(2, *c)) for _, c in below], time_stamp=time_stamp)
     own: dict[int, np.ndarray] = {}
     others: dict[int, np.ndarray] = {}
-    for i, rows in enumerate(store.range_read_chunks(chunks, time_stamp=time_stamp)):
-        (own if i == 0 else others).update(latest_l2_nodes(rows))
+    for i, r in enumerate(rows[:len(chunks)]):
+        (own if i == 0 else others).update(latest_l2_nodes(r))
+    lower = {axis: (layout.stop_layer(c), sorted(latest_l2_nodes(r)))
+             for (axis, c), r in zip(below, rows[len(chunks):])}
+    if not own:
+        lower = {}
     ids = np.array(sorted(own) + sorted(others), dtype=np.uint64)
-    anc = store.get_roots(ids, stop_layer=stop, time_stamp=time_stamp, fail_to_zero=True) if len(ids) else ids
-    return Neighbourhood(stop, own, others, dict(zip(ids.tolist(), np.asarray(anc).tolist())))
+    lower_ids = sorted({n for _, nodes in lower.values() for n in nodes} - set(own))
+    walk = np.concatenate([ids, np.array(lower_ids, dtype=np.uint64)])
+    anc = store.get_ancestors(walk, [stop] + [s for s, _ in lower.values()], time_stamp=time_stamp)
+    lower_ancestor = {s: dict(zip(walk.tolist(), anc[s].tolist())) for s, _ in lower.values()}
+    return Neighbourhood(stop, own, others, dict(zip(ids.tolist(), anc[stop][:len(ids)].tolist())),
+                         lower, lower_ancestor)
 
 
 def supervoxel_map(hood: Neighbourhood) -> tuple[dict[int, int], dict[int, list[int]]]:
@@ -164,4 +189,22 @@ def remap_chunk(seg: np.ndarray, hood: Neighbourhood, dust_threshold: int | None
     out = resolve_placeholders(relabel(np.asarray(seg, dtype=np.uint64), mapping), unsafe, fallback)
     if dust_threshold:
         out = remove_dust(out, int(dust_threshold))
+    return out
+
+
+
+def uncovered_by_lower(hood: Neighbourhood) -> dict[int, set[int]]:
+    """Per axis, the chunk's own layer-2 nodes its lower neighbour on that axis does not mesh.
+
+    The lower neighbour's overlap plane is this chunk's first plane. It meshes a node there only
+    when the node's stop-layer ancestor (at the neighbour's stop layer) is that of one of its own
+    nodes (6.3 step 4; with ``resolve_placeholders``' fallback no such component is zeroed). For
+    the others nobody meshes the half-voxel slab below this chunk's first plane, and the object
+    is open there: the case ``l2.cap_meshes`` closes.
+    """
+    out: dict[int, set[int]] = {}
+    for axis, (stop, theirs) in hood.lower.items():
+        anc = hood.lower_ancestor[stop]
+        covered = {anc[n] for n in theirs} - {0}
+        out[axis] = {n for n in hood.own if anc[n] not in covered}
     return out

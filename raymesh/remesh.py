@@ -31,7 +31,8 @@ class RemeshSummary:
     nodes: dict[int, int] = field(default_factory=dict)  # layer -> new nodes considered
     written: dict[int, int] = field(default_factory=dict)  # layer -> fragments written
     skipped: int = 0  # fragments already in dynamic/ (a rerun)
-    missing: int = 0  # descendants without any fragment
+    missing: int = 0  # layer-2 descendants without any fragment
+    unstitched: int = 0  # nodes over the node limit (or above one): their children stand in
     failures: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -137,7 +138,8 @@ class Remesher:
         layer, chunk, nodes = item
         job = self.job
         todo = [n for n in nodes if self.force or not job.bucket.exists(self.key(n))]
-        out = {"layer": layer, "written": 0, "skipped": len(nodes) - len(todo), "missing": 0, "failures": []}
+        out = {"layer": layer, "written": 0, "skipped": len(nodes) - len(todo), "missing": 0, "unstitched": 0,
+               "failures": []}
         if not todo:
             return out
         fragments = self._l2(chunk, todo) if layer == 2 else self._stitched(layer, chunk, todo, out)
@@ -170,9 +172,11 @@ class Remesher:
         reader = DynamicFirstReader(self, job.fragment_reader())
         reader.preload(d for desc in subset.descendants.values() for d in desc)
         fragments = {}
-        for result in stitch_nodes(job.grid, subset, wanted, reader):
+        for result in stitch_nodes(job.grid, subset, wanted, reader, limit=job.node_limit):
             out["missing"] += result.missing
-            if result.failure:
+            if result.unstitched:
+                out["unstitched"] += 1
+            elif result.failure:
                 out["failures"].append(result.failure)
             else:
                 fragments[result.node] = result.data
@@ -191,6 +195,7 @@ class Remesher:
                 summary.written[layer] = summary.written.get(layer, 0) + res["written"]
                 summary.skipped += res["skipped"]
                 summary.missing += res["missing"]
+                summary.unstitched += res["unstitched"]
                 summary.failures.extend(res["failures"])
         summary.seconds = round(time.perf_counter() - t0, 3)
         return summary

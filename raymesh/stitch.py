@@ -20,9 +20,6 @@ from raymesh.mesh_layout import shard_key
 from raymesh.sharding import ShardError, ShardingSpec, disassemble_shard, minishard_table
 from raymesh.storage import RangeError
 
-# Decoded arrays (float64 vertices, uint32 faces) per byte of Draco, measured on the real volume's
-# fragments (about 11x at layer 2, lower above); the budget arithmetic uses this bound.
-DECODE_FACTOR = 16
 
 
 @dataclass
@@ -264,21 +261,40 @@ class NodeResult:
     node: int
     data: bytes | None
     failure: str | None = None
-    missing: int = 0  # descendants without a fragment
+    missing: int = 0  # layer-2 descendants without a fragment (tolerated, as PCG does)
+    unstitched: str | None = None  # why the node keeps no mesh of its own (its children stand in)
 
 
-def stitch_nodes(grid: MeshGrid, plan: StitchPlan, nodes: Iterable[int], reader: FragmentReader
-                 ) -> Iterable[NodeResult]:
-    """Stitch ``nodes`` of the plan one at a time; only one node's fragments are decoded at once."""
+def stitch_nodes(grid: MeshGrid, plan: StitchPlan, nodes: Iterable[int], reader: FragmentReader,
+                 limit: int | None = None) -> Iterable[NodeResult]:
+    """Stitch ``nodes`` of the plan one at a time; only one node's fragments are decoded at once.
+
+    A node is left unstitched, not shrunk, when its children's fragments total more than
+    ``limit`` bytes or when a descendant above layer 2 has no mesh (it was unstitched itself, or
+    failed): a mesh built from the rest would hide part of the object from every viewer, while
+    without it PCG's verified manifest serves the children's fragments. A layer-2 descendant
+    without a fragment (a node too small to mesh) is tolerated, as PCG does.
+    """
+    layout = grid.layout
     for node in nodes:
-        frags = []
-        missing = 0
+        frags: list[tuple[int, bytes]] = []
+        missing, total, why = 0, 0, None
         for desc in plan.descendants[node]:
             data = reader.read(desc)
             if data is None:
+                if layout.get_chunk_layer(desc) > 2:
+                    why = f"descendant {desc} (layer {layout.get_chunk_layer(desc)}) has no mesh"
+                    break
                 missing += 1
-            else:
-                frags.append((desc, data))
+                continue
+            total += len(data)
+            if limit is not None and total > limit:
+                why = f"its children's fragments exceed the node limit ({limit} bytes)"
+                break
+            frags.append((desc, data))
+        if why is not None:
+            yield NodeResult(node, None, None, missing, why)
+            continue
         if not frags:
             yield NodeResult(node, None, f"{node}: none of its {len(plan.descendants[node])} descendants has a mesh",
                              missing)
@@ -292,6 +308,21 @@ def stitch_nodes(grid: MeshGrid, plan: StitchPlan, nodes: Iterable[int], reader:
 def node_cost(plan: StitchPlan, reader: FragmentReader) -> dict[int, int]:
     """Bytes of child fragments per node (known from the minishard indices, no fragment read)."""
     return {n: sum(reader.size(d) for d in desc) for n, desc in plan.descendants.items()}
+
+
+def balanced_slice(order: list[int], cost: dict[int, int], part: int, parts: int) -> list[int]:
+    """Part ``part`` of ``parts`` contiguous runs of ``order`` with about equal cost.
+
+    A node goes to the part its cost's midpoint falls in, so every task of a split chunk computes
+    the same runs and the merge keeps canonical order. Nodes over the node limit cost nothing
+    to stitch, but each node counts at least 1 so empty-cost runs still spread.
+    """
+    weights = np.array([max(1, cost.get(n, 0)) for n in order], dtype=np.float64)
+    if not len(weights):
+        return []
+    mid = np.cumsum(weights) - weights / 2
+    which = np.minimum((mid * parts / weights.sum()).astype(np.int64), parts - 1)
+    return [n for n, k in zip(order, which) if k == part]
 
 
 def consumer_nodes(store, nodes: np.ndarray, time_stamp=None) -> np.ndarray:

@@ -9,29 +9,10 @@ from __future__ import annotations
 import numpy as np
 
 from raymesh.draco import decode
+from raymesh.manifest import manifest_nodes, shard_has_mesh
 from raymesh.mesh_layout import shard_key
 from raymesh.sharding import read_value
 from raymesh.stitch import seam_planes
-
-
-def manifest_nodes(store, root: int, start_layer: int, time_stamp=None) -> list[int]:
-    """The nodes PCG's manifest lists for ``root`` (pcg-compat.md 4.4 steps 2-3)."""
-    layout = store.layout
-    found, frontier = [], [int(root)]
-    while frontier:
-        above = [n for n in frontier if layout.get_chunk_layer(n) > start_layer]
-        found += [n for n in frontier if layout.get_chunk_layer(n) <= start_layer]
-        frontier = [int(c) for kids in store.get_children(np.array(above, np.uint64)).values() for c in kids] \
-            if above else []
-    out = []
-    while found:
-        node = found.pop()
-        kids = store.get_children(node)
-        if layout.get_chunk_layer(node) > 2 and len(kids) == 1:
-            found.append(int(kids[0]))
-        else:
-            out.append(node)
-    return sorted(out)
 
 
 def read_fragment(job, node: int):
@@ -134,11 +115,14 @@ def surface_faces(fragments) -> int:
     return total
 
 
-def layer_view(job, root: int, layer: int, read=None) -> dict:
+def layer_view(job, root: int, layer: int, read=None, has_mesh=None) -> dict:
     """What a viewer loading ``root`` at ``layer`` gets: surface faces, open and non-manifold edges
-    (as position pairs, fragments merged by position) and unmerged seam vertices."""
-    read = read or (lambda nodes: [read_fragment(job, n) for n in nodes])
-    nodes = manifest_nodes(job.store, root, layer)
+    (as position pairs, fragments merged by position) and unmerged seam vertices. Reading the
+    initial shards, the manifest is the verified one (nodes without a mesh give their children)."""
+    if read is None:
+        read = lambda nodes: [read_fragment(job, n) for n in nodes]  # noqa: E731
+        has_mesh = has_mesh or shard_has_mesh(job)
+    nodes = manifest_nodes(job.store, root, layer, has_mesh)
     frags = read(nodes)
     assert all(f is not None for f in frags), f"root {root}: a node of its layer-{layer} manifest has no mesh"
     vertices, faces = merged(frags)
@@ -149,12 +133,12 @@ def layer_view(job, root: int, layer: int, read=None) -> dict:
             "unmerged": sum(internal_plane_duplicates(job, n, f) for n, f in zip(nodes, frags))}
 
 
-def assert_stitched_like_layer2(job, root: int, layers, read=None) -> dict:
+def assert_stitched_like_layer2(job, root: int, layers, read=None, has_mesh=None) -> dict:
     """The fragments of every layer cover the layer-2 surface of ``root``: same faces, and the
     same open and non-manifold edges (stitching closes seams, adds no cracks, hides nothing)."""
-    base = layer_view(job, root, 2, read)
+    base = layer_view(job, root, 2, read, has_mesh)
     for layer in layers:
-        view = layer_view(job, root, layer, read)
+        view = layer_view(job, root, layer, read, has_mesh)
         where = f"root {root} at layer {layer}"
         assert view["faces"] == base["faces"], f"{where}: {view['faces']} faces, layer 2 has {base['faces']}"
         assert view["open"] == base["open"], f"{where}: open edges differ from layer 2"
@@ -179,14 +163,14 @@ def on_l2_seams(job, points: np.ndarray) -> np.ndarray:
     return on
 
 
-def closed_interior_objects(job, sv_volume: np.ndarray, read, layer: int) -> tuple[int, int]:
+def closed_interior_objects(job, sv_volume: np.ndarray, read, layer: int, has_mesh=None) -> tuple[int, int]:
     """``(closed, interior)`` objects as a viewer loads them at ``layer``; asserts that any
     opening lies on a layer-2 chunk plane (the only place PCG's layer-2 algorithm leaves one)."""
     store = job.store
     inside = interior_roots(store, sv_volume)
     closed = 0
     for root in sorted(inside):
-        vertices, faces = merged(read(manifest_nodes(store, root, layer)))
+        vertices, faces = merged(read(manifest_nodes(store, root, layer, has_mesh)))
         edges, use = edge_use(faces, return_edges=True)
         assert np.all(on_l2_seams(job, vertices[np.unique(edges[use == 1])])), f"root {root}: opening off the seams"
         closed += not (use == 1).any()

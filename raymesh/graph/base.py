@@ -211,3 +211,29 @@ class GraphStore(ABC):
             result[active] = parents
             done[active[missing]] = True
         return int(result[0]) if scalar else result
+
+    def get_ancestors(self, node_ids, stop_layers, time_stamp: TimeStamp = None) -> dict[int, np.ndarray]:
+        """``get_roots(ids, stop_layer=s, ceil=True, fail_to_zero=True)`` for several ``s`` in one
+        walk up the hierarchy (a layer-2 chunk needs its own stop layer and its lower neighbours')."""
+        ids = np.asarray(node_ids, dtype=np.uint64)
+        stops = sorted({int(s) for s in stop_layers})
+        out = {s: np.zeros(len(ids), dtype=np.uint64) for s in stops}
+        if not len(ids) or not stops:
+            return out
+        ms = read_ms(time_stamp)
+        layout = self.layout
+        current = ids.copy()
+        alive = current != 0
+        for _ in range(stops[-1] + 2):
+            layers = layout.get_chunk_layer(current)
+            for s in stops:
+                hit = alive & (out[s] == 0) & (layers >= s)
+                out[s][hit] = current[hit]
+            active = np.flatnonzero(alive & (layers < stops[-1]))
+            if not len(active):
+                break
+            uniq, inverse = np.unique(current[active], return_inverse=True)
+            parents = self._parents(uniq, ms)[inverse]
+            current[active] = parents
+            alive[active[parents == 0]] = False
+        return out

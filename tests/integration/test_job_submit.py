@@ -19,8 +19,8 @@ from raymesh.builder import build_graph
 from raymesh.config import load_config
 from raymesh.demo import DEMO_CHUNK, DEMO_RESOLUTION
 from raymesh.job import MeshJob
+from raymesh.manifest import manifest_nodes
 from raymesh.volume import read_block
-from stitch_checks import manifest_nodes
 from readback import cloudvolume_reader
 
 REPO = Path(__file__).resolve().parents[2]

@@ -57,8 +57,9 @@ def test_chunks_past_the_budget_are_split_over_tasks(ray_local, graph):
     base = dict(graph=graph.store_url, layers=[2, 3, 4], mip=0, time_stamp=2e9, force=True)
     run(MeshConfig(**base, executor="serial"), progress=False)
     serial = all_shards(MeshJob(MeshConfig(**base)), (2, 3, 4))
-    # A budget below a stitching task's base estimate: every stitched chunk is split in two.
-    config = MeshConfig(**base, memory_budget=int(TASK_BASE_BYTES * 0.75))
+    # A budget below a stitching task's base estimate: every stitched chunk is split (with the
+    # node limit set apart, so every node is still stitched whole).
+    config = MeshConfig(**base, memory_budget=int(TASK_BASE_BYTES * 0.75), max_stitch_bytes=2**40)
     summary = run(config, executor=RayExecutor(), progress=False)
     assert [s.chunks_split for s in summary.layers] == [0, summary.layers[1].chunks, summary.layers[2].chunks]
     assert all(not s.failures for s in summary.layers)
