@@ -41,6 +41,29 @@ def test_every_node_meshed_matching_zmesh_with_seams(graph):
         assert_matches_direct_zmesh(job, coords)
 
 
+def test_a_cap_closes_a_node_its_lower_neighbour_leaves_open():
+    """A blob on the chunk's first x plane, which the lower neighbour does not mesh: the node's own
+    mesh is open there; with the cap (half a voxel below, walls up to the plane) it is closed."""
+    from raymesh.l2 import _with_caps, cap_meshes, simplified_meshes
+    from stitch_checks import edge_use
+
+    labels = np.zeros((12, 12, 12), dtype=np.uint64)
+    yy, zz = np.mgrid[:12, :12]
+    disk = (yy - 6) ** 2 + (zz - 5) ** 2 <= 9
+    labels[0:7][:, disk] = 7  # a cylinder standing on the x = 0 plane
+    res = (8.0, 8.0, 40.0)
+    (_, vertices, faces), = simplified_meshes(labels, res)
+    assert (edge_use(faces) == 1).any(), "without a cap the node is open on the plane"
+    assert cap_meshes(labels, {0: set()}, res) == {} and cap_meshes(labels, {1: {7}}, res) == {}
+    caps = cap_meshes(labels, {0: {7}}, res)
+    (cap,) = caps[7]
+    # Half a voxel below the plane, give or take what simplification may move (max_error 40 nm).
+    assert -res[0] / 2 - 40 <= cap[0][:, 0].min() < 0 and cap[0][:, 0].max() == 0
+    welded_v, welded_f = _with_caps(vertices, faces, caps[7])
+    assert np.all(edge_use(welded_f) == 2), "node and cap weld into a closed surface"
+    assert len(welded_v) < len(vertices) + len(cap[0])
+
+
 def test_seam_vertices_coincide(graph):
     config = _config(graph, time_stamp=2e9)
     run(config, progress=False)

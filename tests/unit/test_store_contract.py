@@ -98,6 +98,14 @@ def test_get_roots_stop_layer_and_ceil(store):
     assert np.array_equal(store.get_roots(at3), roots)
 
 
+def test_ancestors_at_several_layers_in_one_walk(store):
+    l2 = np.array(sorted(_all_nodes(store, 2)) + [0], dtype=np.uint64)
+    at = store.get_ancestors(l2, [4, 3, 2])
+    for stop in (2, 3, 4):
+        assert np.array_equal(at[stop], store.get_roots(l2, stop_layer=stop, fail_to_zero=True)), stop
+    assert at[4][-1] == 0
+
+
 def test_answers_as_of_a_timestamp(store):
     layout = store.layout
     before = T_BUILD - dt.timedelta(seconds=1)
