@@ -53,8 +53,8 @@ def simplified_meshes(labels: np.ndarray, resolution, max_error: float = 40,
 
 
 def cap_meshes(labels: np.ndarray, uncovered: dict[int, set[int]], resolution, max_error: float = 40,
-               reduction_factor: int = REDUCTION_FACTOR) -> dict[int, list[tuple[np.ndarray, np.ndarray]]]:
-    """Caps for the nodes a lower neighbour leaves open: ``{label: [(vertices, faces), ...]}``.
+               reduction_factor: int = REDUCTION_FACTOR) -> dict[int, list[tuple[int, np.ndarray, np.ndarray]]]:
+    """Caps for the nodes a lower neighbour leaves open: ``{label: [(axis, vertices, faces), ...]}``.
 
     Deliberate addition to PCG (pcg-compat.md 6.3 leaves these open): where the lower neighbour
     on an axis does not mesh a node on this chunk's first plane (``remap.uncovered_by_lower``),
@@ -64,7 +64,7 @@ def cap_meshes(labels: np.ndarray, uncovered: dict[int, set[int]], resolution, m
     plane is the same marching-squares contour as the node's own open edge there (zmesh keeps
     open-boundary vertices through simplification), so the two weld exactly.
     """
-    out: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+    out: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = {}
     for axis in sorted(uncovered):
         if not uncovered[axis] or labels.shape[axis] < 2:
             continue
@@ -76,26 +76,23 @@ def cap_meshes(labels: np.ndarray, uncovered: dict[int, set[int]], resolution, m
         shift = np.zeros(3)
         shift[axis] = float(resolution[axis])
         for label, vertices, faces in simplified_meshes(block, resolution, max_error, reduction_factor):
-            out.setdefault(label, []).append((vertices - shift, faces))
+            out.setdefault(label, []).append((axis, vertices - shift, faces))
     return out
 
 
-def _with_caps(vertices: np.ndarray, faces: np.ndarray, caps: list[tuple[np.ndarray, np.ndarray]]):
-    """A node's mesh and its caps as one mesh, welded on the chunk's first planes."""
+def _with_caps(vertices: np.ndarray, faces: np.ndarray, caps: list[tuple[int, np.ndarray, np.ndarray]]):
+    """A node's mesh and its caps as one mesh, welded on the first planes of the caps' axes."""
     from raymesh.stitch import merge_across_boundaries
 
     planes = np.full(3, np.nan)
-    for cap, _ in caps:
-        for axis in range(3):
-            if np.any(cap[:, axis] < 0):
-                planes[axis] = 0.0
-    return merge_across_boundaries([(vertices, faces)] + caps, planes)
+    planes[[axis for axis, _, _ in caps]] = 0.0
+    return merge_across_boundaries([(vertices, faces)] + [(v, f) for _, v, f in caps], planes)
 
 
 def mesh_block(labels: np.ndarray, offset_nm: np.ndarray, resolution, settings: DracoSettings,
                max_error: float = 40, reduction_factor: int = REDUCTION_FACTOR,
                chunk_id: int = 0, layer: int = 2,
-               caps: dict[int, list[tuple[np.ndarray, np.ndarray]]] | None = None) -> ChunkMeshes:
+               caps: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] | None = None) -> ChunkMeshes:
     """zmesh marching cubes + simplification of every label, shifted to nm, Draco-encoded."""
     out = ChunkMeshes(chunk_id=chunk_id, layer=layer)
     caps = caps or {}

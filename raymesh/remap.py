@@ -192,7 +192,6 @@ def remap_chunk(seg: np.ndarray, hood: Neighbourhood, dust_threshold: int | None
     return out
 
 
-
 def uncovered_by_lower(hood: Neighbourhood) -> dict[int, set[int]]:
     """Per axis, the chunk's own layer-2 nodes its lower neighbour on that axis does not mesh.
 

@@ -21,7 +21,6 @@ from raymesh.sharding import ShardError, ShardingSpec, disassemble_shard, minish
 from raymesh.storage import RangeError
 
 
-
 @dataclass
 class StitchPlan:
     """Which nodes of a chunk get a mesh, and from which meshed descendants (pcg-compat.md 7.1)."""
