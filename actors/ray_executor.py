@@ -25,7 +25,7 @@ import ray
 from actors.read_gate import RayReadGate
 from actors.shard_cache import ShardCaches
 from raymesh.errors import ConfigError
-from raymesh.placement import TaskRequest, stitch_parts, unsatisfiable
+from raymesh.placement import TaskRequest, unsatisfiable
 
 _EMPTY = np.zeros(0, dtype=np.uint8)
 _WORKER_ENV = ("BIGTABLE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS")
@@ -36,26 +36,26 @@ def _call(fn, item):
 
 
 def _mesh_batch(job, batch, keep_shards: bool, shard_chunks: list[int], *shards):
-    """One task: mesh a batch of chunks in order. Returns the stats and consumers, then (with
-    ``keep_shards``) one shard array per chunk, each its own object so each is freed on its own."""
+    """One task: mesh a batch of chunks in order. Returns the stats, consumers and (for a chunk
+    too big for one task) its plan in parts, then (with ``keep_shards``) one shard array per
+    chunk, each its own object so each is freed on its own."""
     cached = dict(zip(shard_chunks, shards))
-    outputs = [job.mesh_chunk(tuple(item), cached, keep_shards) for item in batch]
-    meta = [(o.stats, o.consumers) for o in outputs]
+    outputs = [job.mesh_chunk(tuple(item), cached, keep_shards, split=True) for item in batch]
+    meta = [(o.stats, o.consumers, o.split) for o in outputs]
     if not keep_shards:
         return meta
     return (meta, *[o.shard if o.shard is not None else _EMPTY for o in outputs])
 
 
-def _stitch_part(job, item, part: int, parts: int, shard_chunks: list[int], *shards):
-    layer, coords = item
-    return job.stitch_part(layer, coords, part, parts, dict(zip(shard_chunks, shards)))
+def _stitch_part(job, plan, shard_chunks: list[int], *shards):
+    return job.stitch_part(plan, dict(zip(shard_chunks, shards)))
 
 
 def _merge_parts(job, item, keep_shards: bool, *parts):
     """The chunk's one shard from its parts: the same return shape as ``_mesh_batch``."""
     layer, coords = item
     out = job.write_parts(layer, coords, list(parts), keep_shards)
-    meta = [(out.stats, out.consumers)]
+    meta = [(out.stats, out.consumers, None)]
     if not keep_shards:
         return meta
     return (meta, out.shard if out.shard is not None else _EMPTY)
@@ -157,32 +157,37 @@ class RayExecutor:
         options = {"num_returns": 1 + (len(batch) if keep else 0), "memory": request.memory}
         if request.resources:
             options["resources"] = request.resources
-        parts = stitch_parts(child_bytes, job.config.memory_budget) if layer > 2 and len(batch) == 1 else 1
-        if parts > 1:
-            # Too big for one task: slices of the chunk's nodes in parallel, then one merge task
-            # that writes the chunk's single shard (the parts reach it as top-level refs).
-            part_options = {k: v for k, v in options.items() if k != "num_returns"}
-            pieces = [self._part.options(**part_options).remote(self._job_ref, batch[0], k, parts, chunk_ids, *refs)
-                      for k in range(parts)]
-            out = self._merge.options(**options).remote(self._job_ref, batch[0], keep, *pieces)
-        else:
-            out = self._mesh.options(**options).remote(self._job_ref, batch, keep, chunk_ids, *refs)
+        out = self._mesh.options(**options).remote(self._job_ref, batch, keep, chunk_ids, *refs)
         meta_ref, shard_refs = (out[0], out[1:]) if keep else (out, [])
-        inflight[meta_ref] = (batch, shard_refs, bool(refs))
+        inflight[meta_ref] = (batch, shard_refs, (chunk_ids, refs, keep, options))
+
+    def _submit_parts(self, item, plans: list, submitted: tuple, inflight: dict) -> None:
+        """A chunk its task found too big (it planned and split it): its parts in parallel, then
+        one merge task that writes the chunk's single shard (the parts reach it as top-level refs)."""
+        chunk_ids, refs, keep, options = submitted
+        part_options = {k: v for k, v in options.items() if k != "num_returns"}
+        pieces = [self._part.options(**part_options).remote(self._job_ref, plan, chunk_ids, *refs) for plan in plans]
+        merge_options = dict(options, num_returns=2 if keep else 1)
+        out = self._merge.options(**merge_options).remote(self._job_ref, item, keep, *pieces)
+        meta_ref, shard_refs = (out[0], out[1:]) if keep else (out, [])
+        inflight[meta_ref] = ([item], shard_refs, submitted)
 
     def _collect(self, job, layer: int, keep: bool, inflight: dict) -> Iterator:
         done, _ = ray.wait(list(inflight), num_returns=1, fetch_local=False)
-        batch, shard_refs, had_refs = inflight.pop(done[0])
+        batch, shard_refs, submitted = inflight.pop(done[0])
         try:
             meta = ray.get(done[0])
         except (ray.exceptions.ObjectLostError, ray.exceptions.RayTaskError) as exc:
-            if not had_refs or not _lost_input(exc):
+            if not submitted[1] or not _lost_input(exc):
                 raise _cause(exc) from None
             # A cached child shard was lost with its node and could not be rebuilt: read storage.
             self.resubmitted += 1
             self._submit(job, layer, batch, keep, False, inflight)
             return
-        for (stats, consumers), shard_ref in itertools.zip_longest(meta, shard_refs):
+        for item, (stats, consumers, split), shard_ref in itertools.zip_longest(batch, meta, shard_refs):
+            if split:
+                self._submit_parts(item, split, submitted, inflight)
+                continue
             if consumers and shard_ref is not None and self._caches is not None:
                 chunk = int(job.meta.layout.chunk_id(layer, *stats.chunk))
                 self._caches.add(consumers, chunk, shard_ref, stats.shard_bytes)

@@ -11,7 +11,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
@@ -21,9 +21,12 @@ from raymesh.errors import ConfigError
 from raymesh.graph import open_store
 from raymesh.graph.base import read_ms, to_datetime, utcnow
 from raymesh.mesh_layout import default_sharding, mesh_info, mesh_metadata, shard_key
-from raymesh.placement import TaskRequest, l2_request, layer_resources, stitch_request
+from raymesh.placement import TaskRequest, l2_request, layer_resources, stitch_request, stitch_work
 from raymesh.sharding import ShardingSpec, synthesize_shard
 from raymesh.storage import Bucket, RangeError, join
+
+if TYPE_CHECKING:
+    from raymesh.stitch import StitchPlan
 
 
 @dataclass
@@ -97,6 +100,7 @@ class ChunkOutput:
     stats: ChunkStats
     shard: np.ndarray | None = None
     consumers: list[tuple[int, int]] = field(default_factory=list)  # (layer, chunk id)
+    split: list | None = None  # the chunk was not stitched: its plan in parts (StitchPlan each)
 
 
 SPOOL_BYTES = 2**20  # finished fragments held in memory before spilling to a temporary file
@@ -246,7 +250,7 @@ class MeshJob:
         return self.mesh_chunk(item).stats
 
     def mesh_chunk(self, item: tuple[int, tuple[int, int, int]], shards: dict[int, np.ndarray] | None = None,
-                   keep_shard: bool = False) -> ChunkOutput:
+                   keep_shard: bool = False, split: bool = False) -> ChunkOutput:
         """``run_chunk`` for the Ray runtime: child shards may come from the object store
         (``shards``: chunk id -> bytes), and with ``keep_shard`` the chunk's own shard comes back
         with the chunks that will read it, so the layer above does not read it from storage."""
@@ -256,7 +260,7 @@ class MeshJob:
         if not self.config.force and self.bucket.exists(key):
             return self._resumed(layer, coords, key, keep_shard)
         if layer > 2:
-            out = self.stitch_chunk(layer, coords, shards=shards, keep_shard=keep_shard)
+            out = self.stitch_chunk(layer, coords, shards=shards, keep_shard=keep_shard, split=split)
         else:
             out = self._mesh_l2(coords, keep_shard)
         out.stats.seconds = time.perf_counter() - t0
@@ -334,22 +338,46 @@ class MeshJob:
         return FragmentReader(self.meta.layout, self.sharding, self.open_shard)
 
     def stitch_chunk(self, layer: int, coords, reader=None, shards: dict[int, np.ndarray] | None = None,
-                     keep_shard: bool = False) -> ChunkOutput:
+                     keep_shard: bool = False, split: bool = False) -> ChunkOutput:
         """Stitch one chunk node by node into its shard, streaming: one node's children decoded at
-        a time, finished fragments spooled to a temporary file, the shard written whole at the end."""
+        a time, finished fragments spooled to a temporary file, the shard written whole at the end.
+
+        With ``split`` (the Ray runtime), a chunk whose nodes need more than one task's work is
+        not stitched here: the answer carries its plan cut into parts (``ChunkOutput.split``), for
+        tasks that run ``stitch_part`` in parallel and one that merges them (``write_parts``).
+        Planning once here means each part holds only its own nodes and minishard tables.
+        """
+        plan, reader, hits = self._plan(layer, coords, reader, shards)
+        if split:
+            pieces = self._split(plan, reader)
+            if len(pieces) > 1:
+                stats = ChunkStats(layer, tuple(coords), nodes=len(plan.descendants), parts=len(pieces))
+                return ChunkOutput(stats, split=pieces)
+            order = list(pieces[0].descendants)
+        else:
+            from raymesh.sharding import canonical_order
+
+            order = canonical_order(plan.descendants, self.sharding(layer))
         builder = self._shard_builder(layer)
         try:
-            stats = self._stitch_into(builder, layer, coords, 0, 1, reader, shards)
+            stats = self._stitch_nodes(builder, plan, order, reader, hits)
             return self._write_shard(builder, stats, layer, coords, keep_shard)
         finally:
             builder.close()
 
-    def stitch_part(self, layer: int, coords, part: int, parts: int, shards: dict[int, np.ndarray] | None = None
-                    ) -> "StitchedPart":
-        """One of ``parts`` slices of a chunk's nodes (in the shard's canonical order), for a chunk
-        too big for one task: its fragments come back to be merged by ``write_parts``."""
+    def plan_parts(self, layer: int, coords, parts: int | None = None,
+                   shards: dict[int, np.ndarray] | None = None) -> list[StitchPlan]:
+        """The chunk's plan cut into ``parts`` (default: as many as the memory budget needs; one
+        when it fits), each a run of canonical order balanced by cost."""
+        plan, reader, _ = self._plan(layer, coords, None, shards)
+        return self._split(plan, reader, parts)
+
+    def stitch_part(self, plan: StitchPlan, shards: dict[int, np.ndarray] | None = None) -> "StitchedPart":
+        """The nodes of one part of a split chunk (``plan_parts``), in the plan's order: its
+        fragments come back to be merged by ``write_parts``."""
+        reader, hits = self._reader(None, shards)
         out = StitchedPart()
-        out.stats = self._stitch_into(out, layer, coords, part, parts, None, shards)
+        out.stats = self._stitch_nodes(out, plan, list(plan.descendants), reader, hits)
         return out
 
     def write_parts(self, layer: int, coords, parts: list["StitchedPart"], keep_shard: bool = False) -> ChunkOutput:
@@ -378,23 +406,39 @@ class MeshJob:
         budget = self.config.memory_budget
         return ShardBuilder(self.sharding(layer), spool_bytes=max(1, min(budget // 4, SPOOL_BYTES)))
 
-    def _stitch_into(self, sink, layer: int, coords, part: int, parts: int, reader, shards) -> ChunkStats:
-        from raymesh.sharding import canonical_order
-        from raymesh.stitch import balanced_slice, node_cost, plan_chunk, stitch_nodes
+    def _reader(self, reader, shards):
+        hits: set[int] = set()
+        if reader is None:
+            reader = self.fragment_reader() if not shards else self._cached_reader(shards, hits)
+        return reader, hits
+
+    def _plan(self, layer: int, coords, reader, shards):
+        from raymesh.stitch import plan_chunk
 
         chunk = int(self.meta.layout.chunk_id(layer, *coords))
         plan = plan_chunk(self.store, layer, chunk, self.time_stamp)
-        cache_hits: set[int] = set()
-        if reader is None:
-            reader = self.fragment_reader() if not shards else self._cached_reader(shards, cache_hits)
+        reader, hits = self._reader(reader, shards)
         reader.preload(d for desc in plan.descendants.values() for d in desc)
+        return plan, reader, hits
+
+    def _split(self, plan, reader, parts: int | None = None) -> list[StitchPlan]:
+        """Parts from the minishard indices alone: nodes over the node limit cost nothing (they
+        are not stitched), the others their children's fragment bytes."""
+        from raymesh.placement import stitch_parts
+        from raymesh.sharding import canonical_order
+        from raymesh.stitch import node_cost, split_plan
+
         limit = self.node_limit
-        order = canonical_order(plan.descendants, self.sharding(layer))
-        if parts > 1:
-            cost = {n: min(c, limit + 1) for n, c in node_cost(plan, reader).items()}
-            order = balanced_slice(order, cost, part, parts)
-        stats = ChunkStats(layer, tuple(coords), nodes=len(order))
-        for result in stitch_nodes(self.grid, plan, order, reader, limit=limit):
+        cost = {n: (c if c <= limit else 0) for n, c in node_cost(plan, reader).items()}
+        parts = parts or stitch_parts(sum(cost.values()), self.config.memory_budget)
+        return split_plan(plan, canonical_order(plan.descendants, self.sharding(plan.layer)), cost, parts)
+
+    def _stitch_nodes(self, sink, plan, order: list[int], reader, cache_hits: set[int]) -> ChunkStats:
+        from raymesh.stitch import stitch_nodes
+
+        coords = tuple(int(c) for c in self.meta.layout.get_chunk_coordinates(plan.chunk_id))
+        stats = ChunkStats(plan.layer, coords, nodes=len(order))
+        for result in stitch_nodes(self.grid, plan, order, reader, limit=self.node_limit):
             stats.missing += result.missing
             if result.unstitched:
                 stats.unstitched.append(result.node)
@@ -417,6 +461,10 @@ class MeshJob:
     def _write_shard(self, builder, stats: ChunkStats, layer: int, coords, keep_shard: bool) -> ChunkOutput:
         key = self.shard_path(layer, coords)
         stats.fragments = len(builder)
+        if keep_shard and builder.data_bytes > stitch_work(self.config.memory_budget) // 2:
+            # Handing the shard to the caches means assembling it in this task's memory; past half
+            # the work its readers take their fragments from storage instead (by ranged reads).
+            keep_shard = False
         if keep_shard and len(builder):
             # The caches want the bytes; assemble them once and write that same buffer.
             data = np.concatenate([np.frombuffer(p, dtype=np.uint8) for p in builder.pieces()])

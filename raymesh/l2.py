@@ -14,7 +14,7 @@ import numpy as np
 import zmesh
 
 from raymesh.draco import DracoError, DracoSettings, MeshGrid, encode
-from raymesh.remap import fetch_neighbourhood, remap_chunk, uncovered_by_lower
+from raymesh.remap import fetch_neighbourhood, neighbour_planes, remap_chunk, uncovered_by_lower
 from raymesh.volume import read_block
 
 REDUCTION_FACTOR = 100
@@ -52,54 +52,129 @@ def simplified_meshes(labels: np.ndarray, resolution, max_error: float = 40,
         mesher.clear()
 
 
-def cap_meshes(labels: np.ndarray, uncovered: dict[int, set[int]], resolution, max_error: float = 40,
-               reduction_factor: int = REDUCTION_FACTOR) -> dict[int, list[tuple[int, np.ndarray, np.ndarray]]]:
-    """Caps for the nodes a lower neighbour leaves open: ``{label: [(axis, vertices, faces), ...]}``.
+Cap = tuple[tuple[int, ...], np.ndarray, np.ndarray]  # (axes it lies below, vertices, faces)
 
-    Deliberate addition to PCG (pcg-compat.md 6.3 leaves these open): where the lower neighbour
-    on an axis does not mesh a node on this chunk's first plane (``remap.uncovered_by_lower``),
-    the node's surface in the half-voxel slab below that plane is meshed here, the way that
-    neighbour would have: a two-plane block (background, then the node's voxels of the first
-    plane) gives the face half a voxel below and the walls up to the plane. Its open edge on the
-    plane is the same marching-squares contour as the node's own open edge there (zmesh keeps
-    open-boundary vertices through simplification), so the two weld exactly.
+
+def cap_meshes(labels: np.ndarray, uncovered: dict[tuple[int, ...], set[int]], resolution, max_error: float = 40,
+               reduction_factor: int = REDUCTION_FACTOR) -> dict[int, list[Cap]]:
+    """Caps for the nodes lower neighbours leave open: ``{label: [(axes, vertices, faces), ...]}``.
+
+    Deliberate addition to PCG (pcg-compat.md 6.3 leaves these open): where the lower neighbours
+    around a first plane, edge line or corner voxel do not mesh a node there
+    (``remap.uncovered_by_lower``), the node's surface in the half-voxel below is meshed here, the
+    way those neighbours would have: the node's voxels on that plane, line or voxel, with one
+    plane of background before them on each of those axes, give the face half a voxel below and
+    the walls up to the planes. Its open edges on the planes are the same marching-squares
+    contours as the node's own open edges there and the neighbouring caps' (zmesh keeps
+    open-boundary vertices through simplification), so they all weld exactly.
     """
-    out: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = {}
-    for axis in sorted(uncovered):
-        if not uncovered[axis] or labels.shape[axis] < 2:
+    out: dict[int, list[Cap]] = {}
+    for axes in sorted(uncovered, key=lambda a: (len(a), a)):
+        if not uncovered[axes] or any(labels.shape[a] < 2 for a in axes):
             continue
-        plane = np.take(labels, 0, axis=axis)
-        keep = np.isin(plane, np.fromiter(uncovered[axis], dtype=np.uint64))
+        first = labels[tuple(slice(0, 1) if a in axes else slice(None) for a in range(3))]
+        keep = np.isin(first, np.fromiter(uncovered[axes], dtype=np.uint64))
         if not keep.any():
             continue
-        block = np.stack([np.zeros_like(plane), np.where(keep, plane, 0)], axis=axis)
-        shift = np.zeros(3)
-        shift[axis] = float(resolution[axis])
+        block = np.pad(np.where(keep, first, 0), [(1, 0) if a in axes else (0, 0) for a in range(3)])
+        shift = np.array([float(resolution[a]) if a in axes else 0.0 for a in range(3)])
         for label, vertices, faces in simplified_meshes(block, resolution, max_error, reduction_factor):
-            out.setdefault(label, []).append((axis, vertices - shift, faces))
+            out.setdefault(label, []).append((axes, vertices - shift, faces))
     return out
 
 
-def _with_caps(vertices: np.ndarray, faces: np.ndarray, caps: list[tuple[int, np.ndarray, np.ndarray]]):
+def _with_caps(vertices: np.ndarray, faces: np.ndarray, caps: list[Cap]):
     """A node's mesh and its caps as one mesh, welded on the first planes of the caps' axes."""
     from raymesh.stitch import merge_across_boundaries
 
     planes = np.full(3, np.nan)
-    planes[[axis for axis, _, _ in caps]] = 0.0
+    planes[sorted({a for axes, _, _ in caps for a in axes})] = 0.0
     return merge_across_boundaries([(vertices, faces)] + [(v, f) for _, v, f in caps], planes)
+
+
+def _corners(plane: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The four corners of every unit square of a plane: (i, j), (i+1, j+1), (i, j+1), (i+1, j)."""
+    return plane[:-1, :-1], plane[1:, 1:], plane[:-1, 1:], plane[1:, :-1]
+
+
+def _joined(d1, d2, a1, a2) -> np.ndarray:
+    """Squares where one label holds both diagonal corners and neither other corner: marching
+    cubes joins the two (zmesh does, for a label that holds a face's two diagonal corners)."""
+    return (d1 == d2) & (d1 != 0) & (a1 != d1) & (a2 != d1)
+
+
+def _apart(d1, d2, a1, a2) -> np.ndarray:
+    """Squares where two different labels hold the diagonal corners, neither the other corners."""
+    return (d1 != 0) & (d2 != 0) & (d1 != d2) & (a1 != d1) & (a1 != d2) & (a2 != d1) & (a2 != d2)
+
+
+def seam_patches(labels: np.ndarray, neighbours: dict[int, np.ndarray], chunk_shape, resolution
+                 ) -> dict[int, list[tuple[int, np.ndarray, np.ndarray]]]:
+    """Flat patches where this chunk and an upper neighbour resolve a saddle on their shared plane
+    differently: ``{label: [(axis, vertices, faces), ...]}``, vertices in nm relative to the block.
+
+    Deliberate addition to PCG (pcg-compat.md 6.3 leaves these open). On the plane, two diagonal
+    voxels may be one label here (the overlap remap gives both of the neighbour's nodes one
+    object label) but two layer-2 nodes in the neighbour, or the other way round (an unsafe
+    object's overlap components given to two candidates). Marching cubes then joins them on one
+    side and cuts them apart on the other, which leaves the diamond between the square's four
+    edge midpoints open. Its two triangles, in this chunk's mesh of the label (of the smaller one
+    when it has two), close it: both sides have vertices at those midpoints on the plane, so it
+    welds like a cap. ``neighbours``: ``remap.neighbour_planes``. Squares on the chunk's last
+    row or column of a plane (a diagonal neighbour's cells) are not looked at.
+    """
+    res = np.asarray(resolution, dtype=np.float64)
+    out: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = {}
+    for axis in sorted(neighbours):
+        b, c = [a for a in range(3) if a != axis]
+        crop = tuple(-1 if a == axis else slice(0, int(chunk_shape[a])) for a in range(3))
+        mine, theirs = labels[crop], neighbours[axis]
+        c00, c11, c01, c10 = _corners(mine)
+        n00, n11, n01, n10 = _corners(theirs)
+        for here, there in (((c00, c11, c01, c10), (n00, n11, n01, n10)),
+                            ((c01, c10, c00, c11), (n01, n10, n00, n11))):
+            # Joined here, apart there: this side's volume reaches the plane over the diamond (its
+            # lid faces the neighbour, +axis); apart here, joined there: the neighbour's does.
+            for lid, hits in ((1.0, _joined(*here) & _apart(*there)), (-1.0, _apart(*here) & _joined(*there))):
+                for i, j in zip(*np.nonzero(hits)):
+                    owner = int(min(here[0][i, j], here[1][i, j]))
+                    quad = np.zeros((4, 3))
+                    quad[:, axis] = (labels.shape[axis] - 1) * res[axis]
+                    quad[:, b] = (i + np.array([0.5, 1.0, 0.5, 0.0])) * res[b]
+                    quad[:, c] = (j + np.array([0.0, 0.5, 1.0, 0.5])) * res[c]
+                    faces = np.array([[0, 1, 2], [0, 2, 3]], dtype=np.uint32)
+                    normal = np.cross(quad[1] - quad[0], quad[2] - quad[0])[axis]
+                    if np.sign(normal) != lid:
+                        faces = faces[:, ::-1].copy()
+                    out.setdefault(owner, []).append((axis, quad, faces))
+    return out
+
+
+def _with_patches(vertices: np.ndarray, faces: np.ndarray, patches, top: np.ndarray):
+    """A node's mesh and its seam patches as one mesh, welded on the last planes of their axes."""
+    from raymesh.stitch import merge_across_boundaries
+
+    planes = np.full(3, np.nan)
+    for axis in {axis for axis, _, _ in patches}:
+        planes[axis] = top[axis]
+    return merge_across_boundaries([(vertices, faces)] + [(v, f) for _, v, f in patches], planes)
 
 
 def mesh_block(labels: np.ndarray, offset_nm: np.ndarray, resolution, settings: DracoSettings,
                max_error: float = 40, reduction_factor: int = REDUCTION_FACTOR,
                chunk_id: int = 0, layer: int = 2,
-               caps: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] | None = None) -> ChunkMeshes:
+               caps: dict[int, list[Cap]] | None = None,
+               patches: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] | None = None) -> ChunkMeshes:
     """zmesh marching cubes + simplification of every label, shifted to nm, Draco-encoded."""
     out = ChunkMeshes(chunk_id=chunk_id, layer=layer)
-    caps = caps or {}
+    caps, patches = caps or {}, patches or {}
+    top = (np.asarray(labels.shape) - 1) * np.asarray(resolution, dtype=np.float64)
     for label, vertices, faces in simplified_meshes(labels, resolution, max_error, reduction_factor):
         out.n_nodes += 1
         if label in caps:
             vertices, faces = _with_caps(vertices, faces, caps[label])
+        if label in patches:
+            vertices, faces = _with_patches(vertices, faces, patches[label], top)
         try:
             out.fragments[label] = encode(vertices + offset_nm, faces, settings)
         except DracoError as exc:
@@ -132,7 +207,9 @@ def mesh_l2_chunk(store, grid: MeshGrid, coords, *, time_stamp=None, max_error: 
     labels = remap_chunk(seg, hood, dust_threshold=dust_threshold)
     uncovered = uncovered_by_lower(hood)
     caps = cap_meshes(labels, uncovered, grid.resolution, max_error)
+    chunk_shape = grid.block_shape(2)
+    patches = seam_patches(labels, neighbour_planes(seg, hood, chunk_shape), chunk_shape, grid.resolution)
     result = mesh_block(labels, grid.chunk_offset(chunk_id), grid.resolution, grid.chunk_settings(chunk_id),
-                        max_error=max_error, chunk_id=chunk_id, caps=caps)
+                        max_error=max_error, chunk_id=chunk_id, caps=caps, patches=patches)
     result.n_nodes = len(hood.own)
     return result

@@ -18,13 +18,14 @@ TASK_BASE_BYTES = 256 * 2**20
 # uint64 labels, the connected-component labels of the overlap (uint32) and zmesh's working
 # arrays; measured peak on the real volume's 64^3 chunks was about 40 B/voxel.
 L2_BYTES_PER_VOXEL = 48
-# Stitching per byte of child shards: the chunk's own shard assembled for the object store
-# (about the size of its children), the minishard tables, and the biggest node decoded
-# (``DECODE_FACTOR`` times its fragments, a fraction of the chunk's children).
+# Stitching per byte of child shards: what a task asks the scheduler for before it has planned
+# the chunk (an admission estimate; the plan then splits a chunk that does not fit, see below).
 STITCH_BYTES_PER_CHILD_BYTE = 4
-# Decoded arrays (float64 vertices, uint32 faces) and the merged copy per byte of Draco, measured
-# on the real volume's fragments (about 11x at layer 2, lower above); the node limit uses this bound.
-DECODE_FACTOR = 16
+# Stitching one node, per byte of its children's Draco fragments: decoded (float64 vertices,
+# int32 faces), concatenated, merged and re-encoded. On the real volume's biggest layer-4 and
+# layer-5 nodes: 36-51 traced by tracemalloc (numpy), 46-131 by peak RSS, which adds Draco's C++
+# decoder and encoder buffers (benchmarks/stitch_memory.py prints it as node_factor).
+NODE_BYTES_PER_CHILD_BYTE = 160
 
 
 @dataclass(frozen=True)
@@ -55,20 +56,25 @@ def stitch_request(child_bytes: int, budget: int) -> int:
 
 
 def stitch_work(budget: int) -> int:
-    """What a task may use for stitching itself: the budget less the worker's own footprint."""
+    """What a task may use for stitching itself: the budget less the worker's own footprint.
+
+    Half of it is for the node being stitched (``node_limit``), half for what a part of a split
+    chunk holds until it returns: its finished fragments, about as many bytes as the children it
+    stitched (``stitch_parts``).
+    """
     return max(0, int(budget) - TASK_BASE_BYTES)
 
 
-def stitch_parts(child_bytes: int, budget: int) -> int:
-    """Tasks a chunk's nodes are split over so each one's share of the work fits the budget
-    (1: no split; ``MAX_PARTS`` at most)."""
-    need = STITCH_BYTES_PER_CHILD_BYTE * int(child_bytes)
-    work = stitch_work(budget)
-    if need == 0:
+def stitch_parts(stitched_bytes: int, budget: int) -> int:
+    """Tasks a chunk's nodes are split over so each part's fragments fit half the work
+    (1: no split; ``MAX_PARTS`` at most). ``stitched_bytes``: child fragments of the nodes that
+    will be stitched (those under the node limit), known from the minishard indices."""
+    half = stitch_work(budget) // 2
+    if stitched_bytes <= 0:
         return 1
-    if work == 0:
+    if half == 0:
         return MAX_PARTS
-    return max(1, min(MAX_PARTS, -(-need // work)))
+    return max(1, min(MAX_PARTS, -(-int(stitched_bytes) // half)))
 
 
 def node_limit(budget: int, max_stitch_bytes: int | None = None) -> int:
@@ -77,11 +83,12 @@ def node_limit(budget: int, max_stitch_bytes: int | None = None) -> int:
     A node's mesh must be decoded, merged and encoded whole, so its memory is the one cost that
     splitting a chunk over tasks cannot bound. A node over the limit keeps no mesh; readers load
     its children's fragments instead (PCG's manifest with verify=true descends into nodes without
-    a mesh). Default: what the budget leaves for work, over ``DECODE_FACTOR``.
+    a mesh). Default: half the work, over ``NODE_BYTES_PER_CHILD_BYTE`` (5.6 MiB of fragments
+    at the default 2 GiB budget).
     """
     if max_stitch_bytes is not None:
         return int(max_stitch_bytes)
-    return stitch_work(budget) // DECODE_FACTOR
+    return stitch_work(budget) // 2 // NODE_BYTES_PER_CHILD_BYTE
 
 
 def layer_resources(layer: int, highmem_layer: int | None, highmem_resource: str) -> dict[str, float]:

@@ -7,6 +7,7 @@ trips); ``remap_chunk`` is pure (arrays in, array out) so it is tested without a
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -24,8 +25,9 @@ class Neighbourhood:
     own: dict[int, np.ndarray]  # l2 id -> supervoxels, this chunk
     others: dict[int, np.ndarray]  # l2 id -> supervoxels, neighbour chunks
     ancestor: dict[int, int]  # l2 id -> ancestor at stop_layer (0 = broken chain)
-    # axis -> (stop layer, layer-2 ids) of the lower neighbour on that axis, where there is one
-    lower: dict[int, tuple[int, list[int]]] = field(default_factory=dict)
+    # axes -> (stop layer, layer-2 ids) of the lower neighbour one below on those axes (a face
+    # neighbour for one axis, an edge neighbour for two, the corner one for three), where there is one
+    lower: dict[tuple[int, ...], tuple[int, list[int]]] = field(default_factory=dict)
     lower_ancestor: dict[int, dict[int, int]] = field(default_factory=dict)  # stop -> id -> ancestor
 
 
@@ -57,20 +59,21 @@ def latest_l2_nodes(rows: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
     return kept
 
 
-def lower_neighbours(layout: ChunkLayout, coords) -> list[tuple[int, list[int]]]:
-    """``(axis, coords)`` of the chunks one below on each axis, inside the dataset."""
+def lower_neighbours(layout: ChunkLayout, coords) -> list[tuple[tuple[int, ...], list[int]]]:
+    """``(axes, coords)`` of the up to 7 chunks one below on ``axes`` (faces first, then edges,
+    then the corner), inside the dataset: the chunks whose marching-cubes cells reach this chunk's
+    first planes."""
     out = []
-    for axis in range(3):
-        if int(coords[axis]) > 0:
-            c = [int(v) for v in coords]
-            c[axis] -= 1
-            out.append((axis, c))
+    for axes in sorted((a for a in itertools.product((0, 1), repeat=3) if any(a)), key=lambda a: (sum(a), a[::-1])):
+        below = tuple(i for i in range(3) if axes[i])
+        if all(int(coords[i]) > 0 for i in below):
+            out.append((below, [int(v) - axes[i] for i, v in enumerate(coords)]))
     return out
 
 
 def fetch_neighbourhood(store, coords, time_stamp=None) -> Neighbourhood:
     """Graph reads for one chunk: one batched range read (the chunk, its 7 positive neighbours and
-    its 3 lower ones) and one batched ancestor walk, for all the stop layers involved.
+    its up to 7 lower ones) and one batched ancestor walk, for all the stop layers involved.
 
     Ancestors are taken at ``time_stamp`` (PCG takes them at "now", pcg-compat.md 10.1; for
     initial meshing right after ingest both agree, and T is the faithful choice).
@@ -84,14 +87,15 @@ def fetch_neighbourhood(store, coords, time_stamp=None) -> Neighbourhood:
     others: dict[int, np.ndarray] = {}
     for i, r in enumerate(rows[:len(chunks)]):
         (own if i == 0 else others).update(latest_l2_nodes(r))
-    lower = {axis: (layout.stop_layer(c), sorted(latest_l2_nodes(r)))
-             for (axis, c), r in zip(below, rows[len(chunks):])}
+    lower = {axes: (layout.stop_layer(c), sorted(latest_l2_nodes(r)))
+             for (axes, c), r in zip(below, rows[len(chunks):])}
     if not own:
         lower = {}
     ids = np.array(sorted(own) + sorted(others), dtype=np.uint64)
     lower_ids = sorted({n for _, nodes in lower.values() for n in nodes} - set(own))
     walk = np.concatenate([ids, np.array(lower_ids, dtype=np.uint64)])
-    anc = store.get_ancestors(walk, [stop] + [s for s, _ in lower.values()], time_stamp=time_stamp)
+    stops = sorted({stop} | {s for s, _ in lower.values()})
+    anc = store.get_ancestors(walk, stops, time_stamp=time_stamp)
     lower_ancestor = {s: dict(zip(walk.tolist(), anc[s].tolist())) for s, _ in lower.values()}
     return Neighbourhood(stop, own, others, dict(zip(ids.tolist(), anc[stop][:len(ids)].tolist())),
                          lower, lower_ancestor)
@@ -192,18 +196,37 @@ def remap_chunk(seg: np.ndarray, hood: Neighbourhood, dust_threshold: int | None
     return out
 
 
-def uncovered_by_lower(hood: Neighbourhood) -> dict[int, set[int]]:
-    """Per axis, the chunk's own layer-2 nodes its lower neighbour on that axis does not mesh.
+def uncovered_by_lower(hood: Neighbourhood) -> dict[tuple[int, ...], set[int]]:
+    """Per set of axes, the chunk's own layer-2 nodes that no lower neighbour around those first
+    planes meshes there.
 
-    The lower neighbour's overlap plane is this chunk's first plane. It meshes a node there only
-    when the node's stop-layer ancestor (at the neighbour's stop layer) is that of one of its own
-    nodes (6.3 step 4; with ``resolve_placeholders``' fallback no such component is zeroed). For
-    the others nobody meshes the half-voxel slab below this chunk's first plane, and the object
-    is open there: the case ``l2.cap_meshes`` closes.
+    A lower neighbour's overlap holds this chunk's first plane (face), line (edge) or voxel
+    (corner). It meshes a node there only when the node's stop-layer ancestor (at the neighbour's
+    stop layer) is that of one of its own nodes (6.3 step 4; with ``resolve_placeholders``'
+    fallback no such component is zeroed). For the others nobody meshes the half-voxel slab
+    below the first plane, and the object is open there: the case ``l2.cap_meshes`` closes. An
+    edge or corner counts as open only when every neighbour whose cells meet there (the faces and
+    edges it lies on, and itself) leaves the node open, so a cap there meets only other caps.
     """
-    out: dict[int, set[int]] = {}
-    for axis, (stop, theirs) in hood.lower.items():
+    missed: dict[tuple[int, ...], set[int]] = {}
+    for axes, (stop, theirs) in hood.lower.items():
         anc = hood.lower_ancestor[stop]
         covered = {anc[n] for n in theirs} - {0}
-        out[axis] = {n for n in hood.own if anc[n] not in covered}
+        missed[axes] = {n for n in hood.own if anc[n] not in covered}
+    # A neighbour below on some axes implies the ones below on fewer of them: all are in ``missed``.
+    return {axes: set.intersection(*(nodes for sub, nodes in missed.items() if set(sub) <= set(axes)))
+            for axes in missed}
+
+
+def neighbour_planes(seg: np.ndarray, hood: Neighbourhood, chunk_shape) -> dict[int, np.ndarray]:
+    """Per axis with an overlap, the block's last plane (the upper neighbour's first one) as that
+    neighbour's layer-2 node ids, cropped to the chunk on the other two axes (their last row
+    belongs to diagonal neighbours). What the neighbour meshes there, label by label."""
+    mapping = {int(sv): node for node, svs in hood.others.items() for sv in svs.tolist()}
+    out = {}
+    for axis in range(3):
+        if seg.shape[axis] <= int(chunk_shape[axis]):
+            continue
+        crop = tuple(-1 if a == axis else slice(0, int(chunk_shape[a])) for a in range(3))
+        out[axis] = relabel(np.asarray(seg[crop], dtype=np.uint64), mapping)
     return out

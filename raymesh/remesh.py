@@ -214,21 +214,38 @@ class DynamicFirstReader:
         self.initial = initial
         self.stats = initial.stats
         self._created: dict[int, int] = {}
+        self._pending: dict[int, bytes] = {}
 
     def preload(self, nodes) -> None:
         ids = sorted({int(n) for n in nodes} - set(self._created))
         if ids:
             self._created.update(zip(ids, self.remesher.job.store.get_node_timestamps(ids).tolist()))
 
-    def read(self, node: int) -> bytes | None:
+    def _is_new(self, node: int) -> bool:
         self.preload([node])
-        if self._created[int(node)] >= self.remesher.initial_ms:
+        return self._created[int(node)] >= self.remesher.initial_ms
+
+    def locate(self, node: int) -> tuple[int, int] | None:
+        """``(0, size)`` of a node's fragment, None without one. A new node's file is read here
+        (storage has no cheaper way to its size) and kept until ``read`` asks for it."""
+        if self._is_new(node):
             # A new node: its mesh is in dynamic/, or not written (yet, or it failed).
-            return self.remesher.job.bucket.read(self.remesher.key(node))
+            data = self._pending.get(int(node)) or self.remesher.job.bucket.read(self.remesher.key(node))
+            if data is None:
+                return None
+            self._pending[int(node)] = data
+            return 0, len(data)
         try:
-            return self.initial.read(node)
+            return self.initial.locate(node)
         except MeshingError:
             return None
+
+    def read(self, node: int) -> bytes | None:
+        if self.locate(node) is None:
+            return None
+        if self._is_new(node):
+            return self._pending.pop(int(node))
+        return self.initial.read(node)
 
 
 __all__ = ["Remesher", "RemeshSummary", "DynamicFirstReader"]

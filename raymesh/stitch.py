@@ -220,21 +220,35 @@ def merge_across_boundaries(parts: list[tuple[np.ndarray, np.ndarray]], planes: 
     """Concatenate fragments and merge vertices lying exactly on a mid-plane (7.5 steps 1-5).
 
     Vertices off the planes keep their order; on-plane vertices are deduplicated by exact position
-    (lexicographically sorted) and appended after them.
+    (lexicographically sorted) and appended after them. This is a stitching task's largest
+    allocation (a node's whole mesh decoded), so ``parts`` is emptied once concatenated (the
+    caller's list: its arrays are freed before the merge allocates more), and faces are int32,
+    offset in place (Draco's indices are 32-bit anyway).
     """
-    vertices = np.concatenate([v for v, _ in parts]).astype(np.float64)
-    offsets = np.cumsum([0] + [len(v) for v, _ in parts[:-1]])
-    faces = np.concatenate([f.astype(np.int64) + o for (_, f), o in zip(parts, offsets)])
+    vertices = np.concatenate([v for v, _ in parts]).astype(np.float64, copy=False)
+    faces = np.empty((sum(len(f) for _, f in parts), 3), dtype=np.int32)
+    at, offset = 0, 0
+    for v, f in parts:
+        block = faces[at:at + len(f)]
+        block[...] = f
+        block += offset
+        at, offset = at + len(f), offset + len(v)
+    parts.clear()
     if not len(vertices):
         return vertices, faces
-    aligned = np.any(vertices == planes[None, :], axis=1)
+    aligned = (vertices[:, 0] == planes[0]) | (vertices[:, 1] == planes[1]) | (vertices[:, 2] == planes[2])
     off = np.flatnonzero(~aligned)
     on = np.flatnonzero(aligned)
+    del aligned
     uniq, inverse = np.unique(vertices[on], axis=0, return_inverse=True)
-    new_index = np.empty(len(vertices), dtype=np.int64)
-    new_index[off] = np.arange(len(off))
+    new_index = np.empty(len(vertices), dtype=np.int32)
+    new_index[off] = np.arange(len(off), dtype=np.int32)
     new_index[on] = len(off) + inverse.reshape(-1)
-    return np.concatenate([vertices[off], uniq]), new_index[faces]
+    merged = np.empty((len(off) + len(uniq), 3), dtype=np.float64)
+    np.take(vertices, off, axis=0, out=merged[:len(off)], mode="clip")  # "raise" buffers a copy
+    merged[len(off):] = uniq
+    del vertices, uniq, inverse
+    return merged, new_index[faces]  # np.take would widen the int32 indices to a 64-bit copy
 
 
 def stitch_node(grid: MeshGrid, chunk_id: int, node: int, fragments: list[tuple[int, bytes]]) -> bytes:
@@ -247,6 +261,7 @@ def stitch_node(grid: MeshGrid, chunk_id: int, node: int, fragments: list[tuple[
         vertices, s = lift_fragment(grid, frag.vertices, frag.settings, desc, layer)
         settings = settings or s  # the first fragment's chain sets the output grid (7.4)
         parts.append((vertices, frag.faces))
+        del frag
     if settings is None:
         raise DracoError(f"node {node} has no child fragments")
     vertices, faces = merge_across_boundaries(parts, seam_planes(grid, chunk_id))
@@ -271,32 +286,27 @@ def stitch_nodes(grid: MeshGrid, plan: StitchPlan, nodes: Iterable[int], reader:
     A node is left unstitched, not shrunk, when its children's fragments total more than
     ``limit`` bytes or when a descendant above layer 2 has no mesh (it was unstitched itself, or
     failed): a mesh built from the rest would hide part of the object from every viewer, while
-    without it PCG's verified manifest serves the children's fragments. A layer-2 descendant
-    without a fragment (a node too small to mesh) is tolerated, as PCG does.
+    without it PCG's verified manifest serves the children's fragments. Both are decided from the
+    minishard indices, before any fragment is read. A layer-2 descendant without a fragment (a
+    node too small to mesh) is tolerated, as PCG does.
     """
     layout = grid.layout
     for node in nodes:
-        frags: list[tuple[int, bytes]] = []
-        missing, total, why = 0, 0, None
-        for desc in plan.descendants[node]:
-            data = reader.read(desc)
-            if data is None:
-                if layout.get_chunk_layer(desc) > 2:
-                    why = f"descendant {desc} (layer {layout.get_chunk_layer(desc)}) has no mesh"
-                    break
-                missing += 1
-                continue
-            total += len(data)
-            if limit is not None and total > limit:
-                why = f"its children's fragments exceed the node limit ({limit} bytes)"
-                break
-            frags.append((desc, data))
-        if why is not None:
+        where = [(desc, reader.locate(desc)) for desc in plan.descendants[node]]
+        missing = sum(1 for desc, at in where if at is None and layout.get_chunk_layer(desc) == 2)
+        high = [desc for desc, at in where if at is None and layout.get_chunk_layer(desc) > 2]
+        total = sum(at[1] for _, at in where if at is not None)
+        if high:
+            why = f"descendant {high[0]} (layer {layout.get_chunk_layer(high[0])}) has no mesh"
             yield NodeResult(node, None, None, missing, why)
             continue
+        if limit is not None and total > limit:
+            why = f"its children's fragments ({total} bytes) exceed the node limit ({limit} bytes)"
+            yield NodeResult(node, None, None, missing, why)
+            continue
+        frags = [(desc, reader.read(desc)) for desc, at in where if at is not None]
         if not frags:
-            yield NodeResult(node, None, f"{node}: none of its {len(plan.descendants[node])} descendants has a mesh",
-                             missing)
+            yield NodeResult(node, None, f"{node}: none of its {len(where)} descendants has a mesh", missing)
             continue
         try:
             yield NodeResult(node, stitch_node(grid, plan.chunk_id, node, frags), None, missing)
@@ -312,9 +322,9 @@ def node_cost(plan: StitchPlan, reader: FragmentReader) -> dict[int, int]:
 def balanced_slice(order: list[int], cost: dict[int, int], part: int, parts: int) -> list[int]:
     """Part ``part`` of ``parts`` contiguous runs of ``order`` with about equal cost.
 
-    A node goes to the part its cost's midpoint falls in, so every task of a split chunk computes
-    the same runs and the merge keeps canonical order. Nodes over the node limit cost nothing
-    to stitch, but each node counts at least 1 so empty-cost runs still spread.
+    A node goes to the part its cost's midpoint falls in, so the runs keep canonical order and
+    the merged shard equals a single task's. Each node counts at least 1 so runs of nodes that
+    cost nothing to stitch (over the node limit) still spread.
     """
     weights = np.array([max(1, cost.get(n, 0)) for n in order], dtype=np.float64)
     if not len(weights):
@@ -322,6 +332,13 @@ def balanced_slice(order: list[int], cost: dict[int, int], part: int, parts: int
     mid = np.cumsum(weights) - weights / 2
     which = np.minimum((mid * parts / weights.sum()).astype(np.int64), parts - 1)
     return [n for n, k in zip(order, which) if k == part]
+
+
+def split_plan(plan: StitchPlan, order: list[int], cost: dict[int, int], parts: int) -> list[StitchPlan]:
+    """The plan cut into ``parts`` plans of contiguous runs of ``order`` (``balanced_slice``), each
+    listing its nodes in that order: what each task of a split chunk stitches."""
+    return [StitchPlan(plan.layer, plan.chunk_id, {n: plan.descendants[n] for n in balanced_slice(order, cost, k, parts)})
+            for k in range(parts)]
 
 
 def consumer_nodes(store, nodes: np.ndarray, time_stamp=None) -> np.ndarray:

@@ -6,9 +6,9 @@ import numpy as np
 import zmesh
 
 from raymesh.draco import decode, encode
-from raymesh.l2 import read_l2_block, simplified_meshes
+from raymesh.l2 import read_l2_block, seam_patches, simplified_meshes
 from raymesh.mesh_layout import shard_key
-from raymesh.remap import fetch_neighbourhood, remap_chunk, uncovered_by_lower
+from raymesh.remap import fetch_neighbourhood, neighbour_planes, remap_chunk, uncovered_by_lower
 from raymesh.sharding import disassemble_shard
 
 
@@ -29,7 +29,11 @@ def assert_matches_direct_zmesh(job, coords) -> int:
     grid = job.grid
     chunk = int(grid.layout.chunk_id(2, *coords))
     labels = remapped_block(job, coords)[1]
-    uncovered = uncovered_by_lower(fetch_neighbourhood(job.store, coords, job.time_stamp))
+    hood = fetch_neighbourhood(job.store, coords, job.time_stamp)
+    uncovered = uncovered_by_lower(hood)
+    seg = read_l2_block(job.meta, grid, coords)
+    patched = set(seam_patches(labels, neighbour_planes(seg, hood, grid.block_shape(2)), grid.block_shape(2),
+                               grid.resolution))
     mesher = zmesh.Mesher(grid.resolution)
     mesher.mesh(labels)
     frags = chunk_fragments(job, coords)
@@ -41,10 +45,12 @@ def assert_matches_direct_zmesh(job, coords) -> int:
         verts = mesh.vertices.astype(np.float64) + grid.chunk_offset(chunk)
         decoded = decode(frags[int(label)])
         low = verts.min(axis=0) <= grid.chunk_offset(chunk)  # touches the chunk's first plane
-        if any(int(label) in uncovered.get(axis, ()) and low[axis] for axis in range(3)):
-            # Capped where a lower neighbour leaves the node open (l2.cap_meshes): the direct mesh
-            # plus the cap, so more faces, and every direct vertex within a bin of a decoded one.
-            assert len(decoded.faces) > len(mesh.faces), f"fragment {label} has no cap"
+        capped = any(int(label) in nodes and low[list(axes)].all() for axes, nodes in uncovered.items())
+        if capped or int(label) in patched:
+            # Capped where a lower neighbour leaves the node open (l2.cap_meshes), or patched where
+            # an upper one resolves a saddle differently (l2.seam_patches): the direct mesh plus
+            # those, so more faces, and every direct vertex within a bin of a decoded one.
+            assert len(decoded.faces) > len(mesh.faces), f"fragment {label} has no cap or patch"
             d = np.abs(verts[:, None, :] - decoded.vertices[None, :, :]).max(axis=2).min(axis=1)
         else:
             assert frags[int(label)] == encode(verts, mesh.faces, settings), f"fragment {label} differs"

@@ -66,6 +66,12 @@ def test_chunks_past_the_budget_are_split_over_tasks(ray_local, graph):
     assert summary.layers[1].chunks_split > 0 and summary.layers[2].chunks_split == summary.layers[2].chunks
     assert all(not s.failures for s in summary.layers)
     assert all_shards(MeshJob(config), (2, 3, 4)) == serial
+    # A layer run on its own (no shard caches to say how big its chunks are): each chunk's task
+    # plans it from the minishard indices and splits it all the same.
+    alone = config.model_copy(update={"layers": [3]})
+    summary = run(alone, executor=RayExecutor(), progress=False)
+    assert summary.layers[0].chunks_split > 0 and summary.layers[0].cache_reads == 0
+    assert all_shards(MeshJob(alone), (3,)) == {k: v for k, v in serial.items() if k[0] == 3}
 
 
 def test_missing_custom_resource_fails_fast_naming_the_layer(ray_local, graph):

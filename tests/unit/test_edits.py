@@ -136,7 +136,10 @@ def test_remesh_writes_only_new_nodes_and_viewers_see_closed_objects(meshed):
     for root in sorted(set(now.tolist())):
         assert_stitched_like_layer2(job, root, (3, 4), read)
     closed, inside = closed_interior_objects(job, sv, read, 4)
-    assert inside and closed >= inside // 2, f"{closed} of {inside} interior objects closed"
+    # One stays open: the split leaves an untouched lower-neighbour node whose initial mesh still
+    # covers, in its overlap, voxels now of another object (its id did not change, so nothing
+    # remeshes it; PCG's remeshing has the same gap). The real-crop edits close everything.
+    assert inside and closed >= inside - 1, f"{closed} of {inside} interior objects closed"
 
     again = remesher.run(remesher.nodes_since(None))
     assert sum(again.written.values()) == 0 and again.skipped == len(written), "a rerun resumes"

@@ -54,14 +54,87 @@ def test_a_cap_closes_a_node_its_lower_neighbour_leaves_open():
     res = (8.0, 8.0, 40.0)
     (_, vertices, faces), = simplified_meshes(labels, res)
     assert (edge_use(faces) == 1).any(), "without a cap the node is open on the plane"
-    assert cap_meshes(labels, {0: set()}, res) == {} and cap_meshes(labels, {1: {7}}, res) == {}
-    caps = cap_meshes(labels, {0: {7}}, res)
+    assert cap_meshes(labels, {(0,): set()}, res) == {} and cap_meshes(labels, {(1,): {7}}, res) == {}
+    caps = cap_meshes(labels, {(0,): {7}}, res)
     ((axis, cap_v, _),) = caps[7]
     # Half a voxel below the plane, give or take what simplification may move (max_error 40 nm).
-    assert axis == 0 and -res[0] / 2 - 40 <= cap_v[:, 0].min() < 0 and cap_v[:, 0].max() == 0
+    assert axis == (0,) and -res[0] / 2 - 40 <= cap_v[:, 0].min() < 0 and cap_v[:, 0].max() == 0
     welded_v, welded_f = _with_caps(vertices, faces, caps[7])
     assert np.all(edge_use(welded_f) == 2), "node and cap weld into a closed surface"
     assert len(welded_v) < len(vertices) + len(cap_v)
+
+
+@pytest.mark.parametrize("corner", [False, True])
+def test_edge_and_corner_caps_close_a_node_open_on_several_first_planes(corner):
+    """A blob on the chunk's x = 0 and z = 0 planes (and y = 0 for the corner), left open by every
+    lower neighbour: face caps alone leave the quarter column below the edge line open (the cells
+    of the diagonal neighbour); with the edge (and corner) caps the node is closed."""
+    from raymesh.l2 import _with_caps, cap_meshes, simplified_meshes
+    from stitch_checks import edge_use
+
+    labels = np.zeros((10, 10, 10), dtype=np.uint64)
+    labels[0:4, (0 if corner else 3):7, 0:3] = 7
+    res = (8.0, 8.0, 40.0)
+    (_, vertices, faces), = simplified_meshes(labels, res)
+    faces_only = {(0,): {7}, (2,): {7}} | ({(1,): {7}} if corner else {})
+    caps = cap_meshes(labels, faces_only, res)
+    assert (edge_use(_with_caps(vertices, faces, caps[7])[1]) == 1).any(), "face caps leave the edge open"
+    every = dict(faces_only)
+    every.update({(0, 2): {7}} if not corner else
+                 {(0, 1): {7}, (0, 2): {7}, (1, 2): {7}, (0, 1, 2): {7}})
+    caps = cap_meshes(labels, every, res)
+    assert sorted(axes for axes, _, _ in caps[7]) == sorted(every)
+    welded_v, welded_f = _with_caps(vertices, faces, caps[7])
+    assert np.all(edge_use(welded_f) == 2), "node, face, edge and corner caps weld into a closed surface"
+    lowest = welded_v.min(axis=0)
+    assert np.all(lowest[[0, 2]] < 0) and (lowest[1] < 0) == corner
+
+
+@pytest.mark.parametrize("joined_below", [True, False])
+def test_seam_patch_closes_a_saddle_the_two_chunks_resolve_differently(joined_below):
+    """Two diagonal voxels on the plane between two chunks: one label in the lower chunk's overlap
+    and two layer-2 nodes in the upper chunk (or the other way round). Marching cubes joins them
+    on one side only, leaving a diamond open; the patch closes it, oriented like its neighbours."""
+    from raymesh.l2 import _with_patches, seam_patches, simplified_meshes
+    from stitch_checks import edge_use
+
+    res = np.array([8.0, 8.0, 40.0])
+    volume = np.zeros((6, 6, 8), dtype=np.uint64)  # chunks z 0-3 and 4-7
+    volume[2:4, 2:4, 1:4] = 1  # one body below the plane
+    volume[2, 2, 4:7] = 1  # two columns above it, touching only along a diagonal on the plane
+    volume[3, 3, 4:7] = 1
+    # Lower block (with the upper chunk's first plane as overlap) and the upper chunk's nodes.
+    lower = np.where(volume[:, :, :5] > 0, 7, 0).astype(np.uint64)
+    upper = np.zeros((6, 6, 4), dtype=np.uint64)
+    upper[2, 2, :3], upper[3, 3, :3] = 11, 12
+    if not joined_below:  # the lower chunk gives the two overlap voxels to two of its nodes
+        lower[3, 3, 4] = 8
+        lower[3, 3, 1:4] = 8
+        lower[2:4, 2:4, 1:4] = np.where(lower[2:4, 2:4, 1:4] == 8, 8, 7)
+        upper[3, 3, :3] = 11  # and the upper chunk has them as one node, joined on the plane
+        upper[2, 2, :3] = 11
+        upper[2:4, 2:4, 0] = np.where(np.eye(2, dtype=bool), 11, 0)
+        upper[2, 3, 1:3] = upper[3, 2, 1:3] = 11  # one node: connected above the plane
+    neighbours = {2: upper[:, :, 0].copy()}
+    patches = seam_patches(lower, neighbours, (6, 6, 4), res)
+    assert set(patches) == {7} and len(patches[7]) == 1
+    below = {label: (v, f) for label, v, f in simplified_meshes(lower, res)}
+    above = [(v + np.array([0, 0, 4 * res[2]]), f) for _, v, f in simplified_meshes(upper, res)]
+
+    def merged(parts):
+        verts = np.concatenate([v for v, _ in parts])
+        offsets = np.cumsum([0] + [len(v) for v, _ in parts[:-1]])
+        faces = np.concatenate([f.astype(np.int64) + o for (_, f), o in zip(parts, offsets)])
+        uniq, inverse = np.unique(verts, axis=0, return_inverse=True)
+        return inverse.reshape(-1)[faces]
+
+    assert (edge_use(merged(list(below.values()) + above)) == 1).sum() == 4, "a diamond is open"
+    top = (np.asarray(lower.shape) - 1) * res
+    below[7] = _with_patches(*below[7], patches[7], top)
+    faces = merged(list(below.values()) + above)
+    assert np.all(edge_use(faces) == 2), "closed with the patch"
+    directed = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+    assert len(np.unique(directed, axis=0)) == len(directed), "every edge once each way: oriented consistently"
 
 
 def test_seam_vertices_coincide(graph):

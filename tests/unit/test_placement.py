@@ -7,7 +7,7 @@ from raymesh.builder import build_graph
 from raymesh.config import MeshConfig
 from raymesh.errors import ConfigError
 from raymesh.job import MeshJob
-from raymesh.placement import (DECODE_FACTOR, MAX_PARTS, TASK_BASE_BYTES, TaskRequest, layer_resources, node_limit,
+from raymesh.placement import (MAX_PARTS, NODE_BYTES_PER_CHILD_BYTE, TASK_BASE_BYTES, TaskRequest, layer_resources, node_limit,
                                stitch_parts, stitch_request, unsatisfiable)
 from raymesh.stitch import consumer_nodes, plan_chunk
 from support import SYNTH_CHUNK, SYNTH_RES
@@ -20,19 +20,19 @@ def test_requests_are_clipped_to_the_budget():
     assert stitch_request(10 * GiB, 2 * GiB) == 2 * GiB
 
 
-def test_chunks_split_by_the_work_the_budget_leaves():
+def test_chunks_split_so_each_part_holds_half_the_work():
     MiB = 2**20
-    budget = TASK_BASE_BYTES + 8 * MiB  # 8 MiB of work per task
+    budget = TASK_BASE_BYTES + 8 * MiB  # 8 MiB of work per task: 4 for a part's fragments
     assert stitch_parts(0, budget) == 1
-    assert stitch_parts(2 * MiB, budget) == 1  # 8 MiB of work: fits
-    assert stitch_parts(2 * MiB + 1, budget) == 2
-    assert stitch_parts(15 * MiB, budget) == 8
+    assert stitch_parts(4 * MiB, budget) == 1
+    assert stitch_parts(4 * MiB + 1, budget) == 2
+    assert stitch_parts(30 * MiB, budget) == 8
     assert stitch_parts(10**12, budget) == MAX_PARTS
     assert stitch_parts(1, TASK_BASE_BYTES // 2) == MAX_PARTS  # no work left at all
 
 
-def test_node_limit_follows_the_budget_unless_set():
-    assert node_limit(TASK_BASE_BYTES + DECODE_FACTOR * 1000) == 1000
+def test_node_limit_is_half_the_work_over_the_node_factor_unless_set():
+    assert node_limit(TASK_BASE_BYTES + 2 * NODE_BYTES_PER_CHILD_BYTE * 1000) == 1000
     assert node_limit(TASK_BASE_BYTES // 2) == 0
     assert node_limit(2 * GiB, max_stitch_bytes=123) == 123
     assert MeshConfig(graph="sqlite:///x", max_stitch_bytes="64MiB").max_stitch_bytes == 64 * 2**20

@@ -55,3 +55,30 @@ def test_overlap_component_with_nothing_behind_goes_to_the_smallest_own_node():
                          others={301: np.array([31], np.uint64)},
                          ancestor={101: 900, 102: 900, 301: 900})
     assert remap_chunk(seg, hood)[3, 3, 0] == 101
+
+
+def test_lower_neighbours_are_faces_then_edges_then_the_corner_inside_the_dataset():
+    from raymesh.ids import ChunkLayout
+    from raymesh.remap import lower_neighbours
+
+    layout = ChunkLayout.from_voxels((256, 256, 256), (64, 64, 64))
+    got = lower_neighbours(layout, (1, 2, 1))
+    assert [axes for axes, _ in got] == [(0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2)]
+    assert dict(got)[(0, 2)] == [0, 2, 0] and dict(got)[(0, 1, 2)] == [0, 1, 0]
+    assert [axes for axes, _ in lower_neighbours(layout, (1, 0, 3))] == [(0,), (2,), (0, 2)]
+    assert lower_neighbours(layout, (0, 0, 0)) == []
+
+
+def test_an_edge_is_open_only_where_every_neighbour_around_it_leaves_the_node_open():
+    from raymesh.remap import uncovered_by_lower
+
+    # Own nodes 101 and 102; their ancestors at stop layer 3 are 901 and 902.
+    own = {101: np.array([11], np.uint64), 102: np.array([12], np.uint64)}
+    anc = {101: 901, 102: 902, 201: 901, 202: 902, 203: 0}
+    lower = {(0,): (3, [201]),  # covers 101
+             (2,): (3, [203]),  # covers nothing (a broken chain is never "the same object")
+             (0, 2): (3, [])}
+    hood = Neighbourhood(3, own=own, others={}, ancestor={101: 901, 102: 902}, lower=lower,
+                         lower_ancestor={3: anc})
+    open_ = uncovered_by_lower(hood)
+    assert open_ == {(0,): {102}, (2,): {101, 102}, (0, 2): {102}}
