@@ -52,7 +52,7 @@ class MeshConfig(BaseModel):
     max_stitch_bytes: Optional[int] = Field(None, ge=0, description="most child-fragment bytes one node is "
                                             "stitched from; a bigger node keeps no mesh and viewers load its "
                                             "children's (PCG's verified manifest). Default: (memory_budget - "
-                                            "256MiB) / 16")
+                                            "256MiB) / 2 / 160 (placement.node_limit)")
     highmem_layer: Optional[int] = Field(None, ge=2, description="layers at or above this one also ask "
                                          "Ray for one unit of highmem_resource (big-memory nodes)")
     highmem_resource: str = Field("raymesh_highmem", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",

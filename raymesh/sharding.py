@@ -153,8 +153,9 @@ class ShardBuilder:
     def __len__(self) -> int:
         return len(self._keys)
 
-    def pieces(self, piece_bytes: int = 8 * 2**20) -> Iterator[bytes]:
-        """Shard index, data region (in pieces), minishard indices."""
+    def pieces(self, piece_bytes: int = 2**20) -> Iterator[bytes]:
+        """Shard index, data region (in pieces), minishard indices. Pieces are small: ``read(n)``
+        allocates ``n`` bytes up front, so big ones would be a task's largest allocation."""
         spec = self.spec
         keys = np.array(self._keys, dtype=np.uint64)
         sizes = np.array(self._sizes, dtype=np.uint64)
