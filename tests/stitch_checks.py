@@ -115,6 +115,19 @@ def surface_faces(fragments) -> int:
     return total
 
 
+def _loaded(job, root: int, layer: int, read, has_mesh) -> tuple[list[int], list]:
+    """The manifest's nodes and their fragments. A layer-2 node may have none (marching cubes finds
+    no surface in a chunk its object fills; PCG's verified manifest leaves it out); a node above
+    layer 2 in the manifest must have one."""
+    layout = job.store.layout
+    nodes = manifest_nodes(job.store, root, layer, has_mesh)
+    frags = read(nodes)
+    assert all(f is not None for n, f in zip(nodes, frags) if layout.get_chunk_layer(n) > 2), \
+        f"root {root}: a node of its layer-{layer} manifest has no mesh"
+    kept = [(n, f) for n, f in zip(nodes, frags) if f is not None]
+    return [n for n, _ in kept], [f for _, f in kept]
+
+
 def layer_view(job, root: int, layer: int, read=None, has_mesh=None) -> dict:
     """What a viewer loading ``root`` at ``layer`` gets: surface faces, open and non-manifold edges
     (as position pairs, fragments merged by position) and unmerged seam vertices. Reading the
@@ -122,9 +135,7 @@ def layer_view(job, root: int, layer: int, read=None, has_mesh=None) -> dict:
     if read is None:
         read = lambda nodes: [read_fragment(job, n) for n in nodes]  # noqa: E731
         has_mesh = has_mesh or shard_has_mesh(job)
-    nodes = manifest_nodes(job.store, root, layer, has_mesh)
-    frags = read(nodes)
-    assert all(f is not None for f in frags), f"root {root}: a node of its layer-{layer} manifest has no mesh"
+    nodes, frags = _loaded(job, root, layer, read, has_mesh)
     vertices, faces = merged(frags)
     edges, use = edge_use(faces, return_edges=True)
     as_set = lambda sel: {tuple(map(tuple, vertices[e].tolist())) for e in edges[sel]}  # noqa: E731
@@ -170,7 +181,7 @@ def closed_interior_objects(job, sv_volume: np.ndarray, read, layer: int, has_me
     inside = interior_roots(store, sv_volume)
     closed = 0
     for root in sorted(inside):
-        vertices, faces = merged(read(manifest_nodes(store, root, layer, has_mesh)))
+        vertices, faces = merged(_loaded(job, root, layer, read, has_mesh)[1])
         edges, use = edge_use(faces, return_edges=True)
         assert np.all(on_l2_seams(job, vertices[np.unique(edges[use == 1])])), f"root {root}: opening off the seams"
         closed += not (use == 1).any()
