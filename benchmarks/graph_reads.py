@@ -3,9 +3,9 @@
     python -m benchmarks.graph_reads [--quick]
 
 Builds the real volume's graph into the emulator (started here on 127.0.0.1), then for every
-layer-2 chunk does the graph reads meshing does (the 8-chunk neighbourhood and the ancestor walk)
-and for every chunk of the top stitched layer the stitching plan; reports round trips and read
-time per chunk. The same reads against the SQLite copy of the graph run beside them for scale.
+layer-2 chunk does the graph reads meshing does (the chunk, its 7 upper and up to 7 lower
+neighbours, and the ancestor walk) and for every chunk of the top stitched layer the stitching
+plan; reports round trips and read time per chunk. The same reads against the SQLite copy of the graph run beside them for scale.
 """
 
 from __future__ import annotations
