@@ -175,10 +175,11 @@ class RayExecutor:
     def _collect(self, job, layer: int, keep: bool, inflight: dict) -> Iterator:
         done, _ = ray.wait(list(inflight), num_returns=1, fetch_local=False)
         batch, shard_refs, submitted = inflight.pop(done[0])
+        _, child_refs, _, _ = submitted  # (chunk ids, child shard refs, keep, task options)
         try:
             meta = ray.get(done[0])
         except (ray.exceptions.ObjectLostError, ray.exceptions.RayTaskError) as exc:
-            if not submitted[1] or not _lost_input(exc):
+            if not child_refs or not _lost_input(exc):
                 raise _cause(exc) from None
             # A cached child shard was lost with its node and could not be rebuilt: read storage.
             self.resubmitted += 1

@@ -240,12 +240,13 @@ class DynamicFirstReader:
         except MeshingError:
             return None
 
-    def read(self, node: int) -> bytes | None:
-        if self.locate(node) is None:
+    def read(self, node: int, where: tuple[int, int] | None = None) -> bytes | None:
+        where = where or self.locate(node)
+        if where is None:
             return None
         if self._is_new(node):
             return self._pending.pop(int(node))
-        return self.initial.read(node)
+        return self.initial.read(node, where)
 
 
 __all__ = ["Remesher", "RemeshSummary", "DynamicFirstReader"]

@@ -146,8 +146,9 @@ class FragmentReader:
         where = self.locate(node)
         return where[1] if where else 0
 
-    def read(self, node: int) -> bytes | None:
-        where = self.locate(node)
+    def read(self, node: int, where: tuple[int, int] | None = None) -> bytes | None:
+        """A node's fragment (None without one); ``where``: its ``locate`` answer, when known."""
+        where = where or self.locate(node)
         if where is None:
             return None
         start, size = where
@@ -181,7 +182,7 @@ class WholeShardReader(FragmentReader):
         values = self._values.get(int(self.layout.get_chunk_id(node)), {})
         return (0, len(values[node])) if node in values else None
 
-    def read(self, node: int) -> bytes | None:
+    def read(self, node: int, where=None) -> bytes | None:
         return self._values.get(int(self.layout.get_chunk_id(node)), {}).get(node)
 
 
@@ -304,7 +305,7 @@ def stitch_nodes(grid: MeshGrid, plan: StitchPlan, nodes: Iterable[int], reader:
             why = f"its children's fragments ({total} bytes) exceed the node limit ({limit} bytes)"
             yield NodeResult(node, None, None, missing, why)
             continue
-        frags = [(desc, reader.read(desc)) for desc, at in where if at is not None]
+        frags = [(desc, reader.read(desc, at)) for desc, at in where if at is not None]
         if not frags:
             yield NodeResult(node, None, f"{node}: none of its {len(where)} descendants has a mesh", missing)
             continue

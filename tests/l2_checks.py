@@ -28,10 +28,10 @@ def assert_matches_direct_zmesh(job, coords) -> int:
     """
     grid = job.grid
     chunk = int(grid.layout.chunk_id(2, *coords))
-    labels = remapped_block(job, coords)[1]
-    hood = fetch_neighbourhood(job.store, coords, job.time_stamp)
-    uncovered = uncovered_by_lower(hood)
     seg = read_l2_block(job.meta, grid, coords)
+    hood = fetch_neighbourhood(job.store, coords, job.time_stamp)
+    labels = remap_chunk(seg, hood)
+    uncovered = uncovered_by_lower(hood)
     patched = set(seam_patches(labels, neighbour_planes(seg, hood, grid.block_shape(2)), grid.block_shape(2),
                                grid.resolution))
     mesher = zmesh.Mesher(grid.resolution)
