@@ -14,7 +14,7 @@ import numpy as np
 import zmesh
 
 from raymesh.draco import DracoError, DracoSettings, MeshGrid, encode
-from raymesh.remap import fetch_neighbourhood, neighbour_planes, remap_chunk, uncovered_by_lower
+from raymesh.remap import UNKNOWN, fetch_neighbourhood, neighbour_planes, remap_chunk, uncovered_by_lower, upper_links
 from raymesh.volume import read_block
 
 REDUCTION_FACTOR = 100
@@ -92,61 +92,132 @@ def _with_caps(vertices: np.ndarray, faces: np.ndarray, caps: list[Cap]):
     return merge_across_boundaries([(vertices, faces)] + [(v, f) for _, v, f in caps], planes)
 
 
-def _corners(plane: np.ndarray) -> tuple[np.ndarray, ...]:
-    """The four corners of every unit square of a plane: (i, j), (i+1, j+1), (i, j+1), (i+1, j)."""
-    return plane[:-1, :-1], plane[1:, 1:], plane[:-1, 1:], plane[1:, :-1]
+# A unit square of a plane: corners k = 0..3 at (u, v) = (0, 0), (1, 0), (0, 1), (1, 1), u along the
+# plane's first axis. Marching squares cuts it into these pieces (the four corner triangles, then
+# the four quarters of the central diamond, each toward one corner), all counter-clockwise in
+# (u, v); a label's cross-section on the square is a union of them (``_REGION``).
+_PIECES = np.array([
+    [(0, 0), (.5, 0), (0, .5)], [(1, 0), (1, .5), (.5, 0)], [(0, 1), (0, .5), (.5, 1)], [(1, 1), (.5, 1), (1, .5)],
+    [(.5, .5), (0, .5), (.5, 0)], [(.5, .5), (.5, 0), (1, .5)], [(.5, .5), (.5, 1), (0, .5)],
+    [(.5, .5), (1, .5), (.5, 1)]])
 
 
-def _joined(d1, d2, a1, a2) -> np.ndarray:
-    """Squares where one label holds both diagonal corners and neither other corner: marching
-    cubes joins the two (zmesh does, for a label that holds a face's two diagonal corners)."""
-    return (d1 == d2) & (d1 != 0) & (a1 != d1) & (a2 != d1)
+def _region_bits(inside: int) -> int:
+    """Pieces inside a label holding the corners of bitmask ``inside``. Its own corners' triangles;
+    the diamond's quarters toward them for two adjacent corners, all four for three or more, and
+    for two diagonal ones, which marching cubes joins (zmesh does, for a label holding exactly a
+    face's two diagonal corners)."""
+    n = bin(inside).count("1")
+    quarters = 0b1111 if n >= 3 or inside in (0b1001, 0b0110) else (inside if n == 2 else 0)
+    return inside | quarters << 4
 
 
-def _apart(d1, d2, a1, a2) -> np.ndarray:
-    """Squares where two different labels hold the diagonal corners, neither the other corners."""
-    return (d1 != 0) & (d2 != 0) & (d1 != d2) & (a1 != d1) & (a1 != d2) & (a2 != d1) & (a2 != d2)
+_REGION = [_region_bits(i) for i in range(16)]
+# The diamond's quarters as a patch adds them: without the centre vertex wherever they make a
+# half or the whole diamond (the other side's contour crosses there in one straight edge, which a
+# vertex at the centre would split), counter-clockwise like ``_PIECES``.
+_MIDS = {"b": (.5, 0), "r": (1, .5), "t": (.5, 1), "l": (0, .5)}
+_QUARTER_TRIANGLES = {0b1111: ("brt", "btl"), 0b0011: ("lbr",), 0b1100: ("rtl",), 0b0101: ("tlb",), 0b1010: ("brt",)}
 
 
-def seam_patches(labels: np.ndarray, neighbours: dict[int, np.ndarray], chunk_shape, resolution
+def _patch_triangles(bits: int) -> np.ndarray:
+    """(n, 3, 2) triangles in (u, v) covering the pieces ``bits``."""
+    tris = [_PIECES[p] for p in range(4) if bits >> p & 1]
+    quarters = bits >> 4
+    if quarters in _QUARTER_TRIANGLES:
+        tris += [np.array([_MIDS[m] for m in tri]) for tri in _QUARTER_TRIANGLES[quarters]]
+    else:
+        tris += [_PIECES[4 + q] for q in range(4) if quarters >> q & 1]
+    return np.array(tris, dtype=np.float64)
+
+
+def _square_patches(mine: tuple[int, ...], theirs: tuple[int, ...]) -> list[tuple[int, int, int]]:
+    """``(owner, pieces, lid)`` to add on one square so both sides' cross-sections agree.
+
+    Corners are grouped into objects (linked by a shared label on either side); per object the
+    pieces inside on one side only are open, with the lid facing away from the side holding them
+    (+1: this chunk's, below). Objects one side does not see at all on some corner are left to the
+    caps; objects whose labels overlap on a side (two crossing diagonals) are ambiguous, left too.
+    """
+    groups: list[set[int]] = []
+    for k in range(4):
+        if mine[k] == 0 and theirs[k] == 0:
+            continue
+        hit = [g for g in groups if any((mine[k] and mine[k] == mine[o]) or (theirs[k] and theirs[k] == theirs[o])
+                                        for o in g)]
+        merged = {k}.union(*hit)
+        groups = [g for g in groups if g not in hit] + [merged]
+    out = []
+    for group in groups:
+        if any((mine[k] == 0) != (theirs[k] == 0) for k in group):
+            continue
+        sides = []
+        for labels in (mine, theirs):
+            bits = 0
+            for label in sorted({labels[k] for k in group}):
+                region = _REGION[sum(1 << k for k in range(4) if labels[k] == label)]
+                if bits & region:
+                    break
+                bits |= region
+            else:
+                sides.append(bits)
+        if len(sides) < 2 or sides[0] == sides[1]:
+            continue
+        owner = min(mine[k] for k in group)
+        below, above = sides[0] & ~sides[1], sides[1] & ~sides[0]
+        out += [(owner, bits, lid) for bits, lid in ((below, 1), (above, -1)) if bits]
+    return out
+
+
+def _differs(mine: np.ndarray, theirs: np.ndarray) -> np.ndarray:
+    """Squares whose corners the two sides partition differently (where a patch may be due)."""
+    m = [mine[:-1, :-1], mine[1:, :-1], mine[:-1, 1:], mine[1:, 1:]]
+    t = [theirs[:-1, :-1], theirs[1:, :-1], theirs[:-1, 1:], theirs[1:, 1:]]
+    out = np.zeros(m[0].shape, dtype=bool)
+    for k in range(4):
+        out |= (m[k] != 0) != (t[k] != 0)
+        for o in range(k + 1, 4):
+            out |= (m[k] == m[o]) != (t[k] == t[o])
+    return out & ((m[0] != 0) | (m[1] != 0) | (m[2] != 0) | (m[3] != 0))
+
+
+def seam_patches(labels: np.ndarray, neighbours: dict[int, np.ndarray], resolution
                  ) -> dict[int, list[tuple[int, np.ndarray, np.ndarray]]]:
-    """Flat patches where this chunk and an upper neighbour resolve a saddle on their shared plane
-    differently: ``{label: [(axis, vertices, faces), ...]}``, vertices in nm relative to the block.
+    """Flat patches where this chunk and an upper neighbour cut their shared plane differently:
+    ``{label: [(axis, vertices, faces), ...]}``, vertices in nm relative to the block.
 
-    Deliberate addition to PCG (pcg-compat.md 6.3 leaves these open). On the plane, two diagonal
-    voxels may be one label here (the overlap remap gives both of the neighbour's nodes one
-    object label) but two layer-2 nodes in the neighbour, or the other way round (an unsafe
-    object's overlap components given to two candidates). Marching cubes then joins them on one
-    side and cuts them apart on the other, which leaves the diamond between the square's four
-    edge midpoints open. Its two triangles, in this chunk's mesh of the label (of the smaller one
-    when it has two), close it: both sides have vertices at those midpoints on the plane, so it
-    welds like a cap. ``neighbours``: ``remap.neighbour_planes``. Squares on the chunk's last
-    row or column of a plane (a diagonal neighbour's cells) are not looked at.
+    Deliberate addition to PCG (pcg-compat.md 6.3 leaves these open). Each side labels the
+    plane's voxels its own way: the overlap remap may give two of the neighbour's nodes one label
+    here, or an unsafe object's overlap components to different candidates than the neighbour
+    has; on the plane's last row and column the neighbour's own overlap (the chunks beside it)
+    is labelled by its stop layer. Where the two labellings cut a unit square differently
+    (a saddle joined on one side only, a placeholder given to another node), the two marching-
+    cubes surfaces meet the plane along different contours and leave the pieces between them
+    open. Those pieces, added flat on the plane to this chunk's mesh of the object (its smallest
+    label on the square), close it: their edges lie on the same edge midpoints as both sides'
+    contours, so they weld like a cap. ``neighbours``: ``remap.neighbour_planes``.
     """
     res = np.asarray(resolution, dtype=np.float64)
     out: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = {}
     for axis in sorted(neighbours):
         b, c = [a for a in range(3) if a != axis]
-        crop = tuple(-1 if a == axis else slice(0, int(chunk_shape[a])) for a in range(3))
-        mine, theirs = labels[crop], neighbours[axis]
-        c00, c11, c01, c10 = _corners(mine)
-        n00, n11, n01, n10 = _corners(theirs)
-        for here, there in (((c00, c11, c01, c10), (n00, n11, n01, n10)),
-                            ((c01, c10, c00, c11), (n01, n10, n00, n11))):
-            # Joined here, apart there: this side's volume reaches the plane over the diamond (its
-            # lid faces the neighbour, +axis); apart here, joined there: the neighbour's does.
-            for lid, hits in ((1.0, _joined(*here) & _apart(*there)), (-1.0, _apart(*here) & _joined(*there))):
-                for i, j in zip(*np.nonzero(hits)):
-                    owner = int(min(here[0][i, j], here[1][i, j]))
-                    quad = np.zeros((4, 3))
-                    quad[:, axis] = (labels.shape[axis] - 1) * res[axis]
-                    quad[:, b] = (i + np.array([0.5, 1.0, 0.5, 0.0])) * res[b]
-                    quad[:, c] = (j + np.array([0.0, 0.5, 1.0, 0.5])) * res[c]
-                    faces = np.array([[0, 1, 2], [0, 2, 3]], dtype=np.uint32)
-                    normal = np.cross(quad[1] - quad[0], quad[2] - quad[0])[axis]
-                    if np.sign(normal) != lid:
-                        faces = faces[:, ::-1].copy()
-                    out.setdefault(owner, []).append((axis, quad, faces))
+        mine, theirs = np.take(labels, -1, axis=axis), neighbours[axis]
+        for i, j in zip(*np.nonzero(_differs(mine, theirs))):
+            m = tuple(int(x) for x in (mine[i, j], mine[i + 1, j], mine[i, j + 1], mine[i + 1, j + 1]))
+            t = tuple(int(x) for x in (theirs[i, j], theirs[i + 1, j], theirs[i, j + 1], theirs[i + 1, j + 1]))
+            if int(UNKNOWN) in t:
+                continue
+            for owner, bits, lid in _square_patches(m, t):
+                tris = _patch_triangles(bits)
+                vertices = np.zeros((3 * len(tris), 3))
+                vertices[:, axis] = (labels.shape[axis] - 1) * res[axis]
+                vertices[:, b] = (i + tris[:, :, 0].ravel()) * res[b]
+                vertices[:, c] = (j + tris[:, :, 1].ravel()) * res[c]
+                faces = np.arange(len(vertices), dtype=np.uint32).reshape(-1, 3)
+                normal = np.cross(vertices[1] - vertices[0], vertices[2] - vertices[0])[axis]
+                if np.sign(normal) != lid:
+                    faces = faces[:, ::-1].copy()
+                out.setdefault(owner, []).append((axis, vertices, faces))
     return out
 
 
@@ -207,8 +278,8 @@ def mesh_l2_chunk(store, grid: MeshGrid, coords, *, time_stamp=None, max_error: 
     labels = remap_chunk(seg, hood, dust_threshold=dust_threshold)
     uncovered = uncovered_by_lower(hood)
     caps = cap_meshes(labels, uncovered, grid.resolution, max_error)
-    chunk_shape = grid.block_shape(2)
-    patches = seam_patches(labels, neighbour_planes(seg, hood, chunk_shape), chunk_shape, grid.resolution)
+    planes = neighbour_planes(seg, hood, grid.block_shape(2), upper_links(hood, layout, coords))
+    patches = seam_patches(labels, planes, grid.resolution)
     result = mesh_block(labels, grid.chunk_offset(chunk_id), grid.resolution, grid.chunk_settings(chunk_id),
                         max_error=max_error, chunk_id=chunk_id, caps=caps, patches=patches)
     result.n_nodes = len(hood.own)

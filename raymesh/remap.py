@@ -28,7 +28,9 @@ class Neighbourhood:
     # axes -> (stop layer, layer-2 ids) of the lower neighbour one below on those axes (a face
     # neighbour for one axis, an edge neighbour for two, the corner one for three), where there is one
     lower: dict[tuple[int, ...], tuple[int, list[int]]] = field(default_factory=dict)
-    lower_ancestor: dict[int, dict[int, int]] = field(default_factory=dict)  # stop -> id -> ancestor
+    # axis -> stop layer of the upper neighbour on that axis (its overlap rule, for seam patches)
+    upper: dict[int, int] = field(default_factory=dict)
+    ancestor_at: dict[int, dict[int, int]] = field(default_factory=dict)  # stop -> id -> ancestor
 
 
 def neighbour_chunks(layout: ChunkLayout, coords) -> list[int]:
@@ -73,7 +75,9 @@ def lower_neighbours(layout: ChunkLayout, coords) -> list[tuple[tuple[int, ...],
 
 def fetch_neighbourhood(store, coords, time_stamp=None) -> Neighbourhood:
     """Graph reads for one chunk: one batched range read (the chunk, its 7 positive neighbours and
-    its up to 7 lower ones) and one batched ancestor walk, for all the stop layers involved.
+    its up to 7 lower ones) and one batched ancestor walk, for all the stop layers involved: the
+    chunk's, its lower neighbours' (``uncovered_by_lower``) and its upper face neighbours'
+    (``upper_links``).
 
     Ancestors are taken at ``time_stamp`` (PCG takes them at "now", pcg-compat.md 10.1; for
     initial meshing right after ingest both agree, and T is the faithful choice).
@@ -89,16 +93,28 @@ def fetch_neighbourhood(store, coords, time_stamp=None) -> Neighbourhood:
         (own if i == 0 else others).update(latest_l2_nodes(r))
     lower = {axes: (layout.stop_layer(c), sorted(latest_l2_nodes(r)))
              for (axes, c), r in zip(below, rows[len(chunks):])}
+    upper = {axis: layout.stop_layer(up) for axis, up in upper_neighbours(layout, coords)} if own else {}
     if not own:
         lower = {}
     ids = np.array(sorted(own) + sorted(others), dtype=np.uint64)
     lower_ids = sorted({n for _, nodes in lower.values() for n in nodes} - set(own))
     walk = np.concatenate([ids, np.array(lower_ids, dtype=np.uint64)])
-    stops = sorted({stop} | {s for s, _ in lower.values()})
+    stops = sorted({stop} | {s for s, _ in lower.values()} | set(upper.values()))
     anc = store.get_ancestors(walk, stops, time_stamp=time_stamp)
-    lower_ancestor = {s: dict(zip(walk.tolist(), anc[s].tolist())) for s, _ in lower.values()}
+    ancestor_at = {s: dict(zip(walk.tolist(), anc[s].tolist())) for s in stops}
     return Neighbourhood(stop, own, others, dict(zip(ids.tolist(), anc[stop][:len(ids)].tolist())),
-                         lower, lower_ancestor)
+                         lower, upper, ancestor_at)
+
+
+def upper_neighbours(layout: ChunkLayout, coords) -> list[tuple[int, list[int]]]:
+    """``(axis, coords)`` of the chunks one above on each axis, inside the dataset."""
+    bounds = layout.layer_chunk_bounds(2)
+    out = []
+    for axis in range(3):
+        up = [int(c) + (a == axis) for a, c in enumerate(coords)]
+        if up[axis] < int(bounds[axis]):
+            out.append((axis, up))
+    return out
 
 
 def supervoxel_map(hood: Neighbourhood) -> tuple[dict[int, int], dict[int, list[int]]]:
@@ -210,7 +226,7 @@ def uncovered_by_lower(hood: Neighbourhood) -> dict[tuple[int, ...], set[int]]:
     """
     missed: dict[tuple[int, ...], set[int]] = {}
     for axes, (stop, theirs) in hood.lower.items():
-        anc = hood.lower_ancestor[stop]
+        anc = hood.ancestor_at[stop]
         covered = {anc[n] for n in theirs} - {0}
         missed[axes] = {n for n in hood.own if anc[n] not in covered}
     # A neighbour below on some axes implies the ones below on fewer of them: all are in ``missed``.
@@ -218,15 +234,76 @@ def uncovered_by_lower(hood: Neighbourhood) -> dict[tuple[int, ...], set[int]]:
             for axes in missed}
 
 
-def neighbour_planes(seg: np.ndarray, hood: Neighbourhood, chunk_shape) -> dict[int, np.ndarray]:
+UNKNOWN = np.uint64(2**64 - 1)  # a voxel whose label seen from the neighbour this chunk cannot tell
+
+
+def neighbour_planes(seg: np.ndarray, hood: Neighbourhood, chunk_shape,
+                     links: dict[int, dict[int, list[int]]] | None = None) -> dict[int, np.ndarray]:
     """Per axis with an overlap, the block's last plane (the upper neighbour's first one) as that
-    neighbour's layer-2 node ids, cropped to the chunk on the other two axes (their last row
-    belongs to diagonal neighbours). What the neighbour meshes there, label by label."""
+    neighbour meshes it, label by label: its own voxels as its layer-2 ids; the plane's last row
+    and column (the neighbour's own overlap, in chunks beside it) as the node of its own it gives
+    them (``links[axis]``, ``upper_links``), or, unlinked or not looked up, as their own layer-2
+    ids (a cap of their chunk meshes them there, ``l2.cap_meshes``).
+
+    Where several of its nodes share the ancestor (6.3's placeholder), the neighbour gives an
+    overlap component the smallest candidate behind it; seen from this plane, that is the
+    smallest candidate just inside next to the piece of the component on the plane (the
+    component may reach farther into the neighbour than the plane shows, so this is the
+    plane's best view); with none there, ``UNKNOWN``.
+    """
     mapping = {int(sv): node for node, svs in hood.others.items() for sv in svs.tolist()}
     out = {}
     for axis in range(3):
         if seg.shape[axis] <= int(chunk_shape[axis]):
             continue
-        crop = tuple(-1 if a == axis else slice(0, int(chunk_shape[a])) for a in range(3))
-        out[axis] = relabel(np.asarray(seg[crop], dtype=np.uint64), mapping)
+        plane = relabel(np.asarray(np.take(seg, -1, axis=axis), dtype=np.uint64), mapping)
+        given = (links or {}).get(axis)
+        if given:
+            _resolve_beside(plane, given, [int(chunk_shape[a]) for a in range(3) if a != axis])
+        out[axis] = plane
+    return out
+
+
+def _resolve_beside(plane: np.ndarray, given: dict[int, list[int]], inner: list[int]) -> None:
+    """Relabel, in place, the plane's voxels beside the neighbour with the nodes it gives them:
+    per connected piece of one node, the smallest candidate found just inside next to it, else
+    the only one; ``UNKNOWN`` where several are left (what the neighbour chose lies outside
+    this plane)."""
+    raw = plane.copy()
+    pieces = cc3d.connected_components(np.where(overlap_mask(raw.shape, inner), raw, 0), connectivity=4)
+    for piece in range(1, int(pieces.max()) + 1):
+        i, j = np.nonzero(pieces == piece)
+        candidates = given.get(int(raw[i[0], j[0]]))
+        if not candidates:
+            continue
+        row, col = i >= inner[0], j >= inner[1]
+        behind = set(raw[inner[0] - 1, j[row]].tolist()) | set(raw[i[col], inner[1] - 1].tolist())
+        hits = [c for c in candidates if c in behind]
+        plane[i, j] = hits[0] if hits else (candidates[0] if len(candidates) == 1 else UNKNOWN)
+
+
+def overlap_mask(shape, chunk_shape) -> np.ndarray:
+    """True on a plane's rows and columns past the chunk: its overlap, in the chunks beside it."""
+    rows = np.arange(shape[0])[:, None] >= int(chunk_shape[0])
+    cols = np.arange(shape[1])[None, :] >= int(chunk_shape[1])
+    return rows | cols
+
+
+def upper_links(hood: Neighbourhood, layout: ChunkLayout, coords) -> dict[int, dict[int, list[int]]]:
+    """``{axis: {node beside: [candidates]}}``: the own nodes of the upper neighbour on ``axis``
+    that 6.3's rule, at its own stop layer, may give each node of the chunks beside it (its
+    overlap on the shared plane): those with the node's ancestor. One candidate is the node; with
+    several it resolves them by what lies behind (``neighbour_planes``). Unlinked nodes are left
+    out: their own chunk meshes them there."""
+    where = {n: layout.get_chunk_coordinates(n).tolist() for n in hood.others}
+    out: dict[int, dict[int, list[int]]] = {}
+    for axis, stop in hood.upper.items():
+        up = [int(c) + (a == axis) for a, c in enumerate(coords)]
+        at = hood.ancestor_at[stop]
+        members: dict[int, list[int]] = {}
+        for n in sorted(n for n, c in where.items() if c == up):
+            if at[n]:
+                members.setdefault(at[n], []).append(n)
+        out[axis] = {n: members[at[n]] for n, c in where.items()
+                     if c[axis] == up[axis] and c != up and at[n] in members}
     return out

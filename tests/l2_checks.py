@@ -8,7 +8,7 @@ import zmesh
 from raymesh.draco import decode, encode
 from raymesh.l2 import read_l2_block, seam_patches, simplified_meshes
 from raymesh.mesh_layout import shard_key
-from raymesh.remap import fetch_neighbourhood, neighbour_planes, remap_chunk, uncovered_by_lower
+from raymesh.remap import fetch_neighbourhood, neighbour_planes, remap_chunk, uncovered_by_lower, upper_links
 from raymesh.sharding import disassemble_shard
 
 
@@ -32,8 +32,8 @@ def assert_matches_direct_zmesh(job, coords) -> int:
     hood = fetch_neighbourhood(job.store, coords, job.time_stamp)
     labels = remap_chunk(seg, hood)
     uncovered = uncovered_by_lower(hood)
-    patched = set(seam_patches(labels, neighbour_planes(seg, hood, grid.block_shape(2)), grid.block_shape(2),
-                               grid.resolution))
+    planes = neighbour_planes(seg, hood, grid.block_shape(2), upper_links(hood, grid.layout, coords))
+    patched = set(seam_patches(labels, planes, grid.resolution))
     mesher = zmesh.Mesher(grid.resolution)
     mesher.mesh(labels)
     frags = chunk_fragments(job, coords)

@@ -116,7 +116,7 @@ def test_seam_patch_closes_a_saddle_the_two_chunks_resolve_differently(joined_be
         upper[2:4, 2:4, 0] = np.where(np.eye(2, dtype=bool), 11, 0)
         upper[2, 3, 1:3] = upper[3, 2, 1:3] = 11  # one node: connected above the plane
     neighbours = {2: upper[:, :, 0].copy()}
-    patches = seam_patches(lower, neighbours, (6, 6, 4), res)
+    patches = seam_patches(lower, neighbours, res)
     assert set(patches) == {7} and len(patches[7]) == 1
     below = {label: (v, f) for label, v, f in simplified_meshes(lower, res)}
     above = [(v + np.array([0, 0, 4 * res[2]]), f) for _, v, f in simplified_meshes(upper, res)]
@@ -205,3 +205,120 @@ def test_config_errors(tmp_path):
         load_config(None, graph="sqlite:///x", layers=[1, 2])
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(str(tmp_path / "missing.yaml"))
+
+
+def _last_row_plane(linked: bool):
+    """The lower chunk's top plane (chunk 4x4 on x, y, plus the overlap row y=4) and the upper
+    neighbour's view of it: a saddle on the square x 2-3, y 3-4, whose corner (3, 4) lies in the
+    chunk beside the upper neighbour (node 31), its other diagonal (2, 3) in the neighbour (node 21)."""
+    from raymesh.remap import Neighbourhood
+
+    seg = np.zeros((5, 5, 5), dtype=np.uint64)
+    seg[2, 3, 4], seg[3, 4, 4] = 2001, 3001  # supervoxels on the plane: neighbour's, beside it
+    seg[0, 0, 4] = 2002  # a second node of the neighbour, elsewhere
+    hood = Neighbourhood(stop_layer=3, own={7: np.array([1])},
+                         others={21: np.array([2001]), 22: np.array([2002]), 31: np.array([3001])}, ancestor={})
+    labels = np.zeros((5, 5, 5), dtype=np.uint64)
+    labels[2, 3, 4] = labels[3, 4, 4] = 7  # this chunk's remap gives both its node 7: joined below
+    links = {2: {31: [21]}} if linked else {2: {}}
+    return seg, hood, labels, links
+
+
+@pytest.mark.parametrize("linked", [False, True])
+def test_saddle_on_a_planes_last_row_is_decided_by_the_upper_neighbours_links(linked):
+    """On a plane's last row the upper neighbour's corners lie partly in its own overlap, labelled
+    by its stop layer: linked to its node the square is joined above as below (no patch); not
+    linked, the chunk beside meshes its voxel alone, so the square is apart above (a patch: the
+    diamond, lid up)."""
+    from raymesh.l2 import seam_patches
+    from raymesh.remap import neighbour_planes
+
+    seg, hood, labels, links = _last_row_plane(linked)
+    chunk = (4, 4, 4)
+    raw = neighbour_planes(seg, hood, chunk)
+    assert raw[2][2, 3] == 21 and raw[2][3, 4] == 31 and raw[2][0, 0] == 22
+    planes = neighbour_planes(seg, hood, chunk, links)
+    assert planes[2][3, 4] == (21 if linked else 31)
+    patches = seam_patches(labels, planes, np.array([8.0, 8.0, 40.0]))
+    if linked:
+        assert patches == {}
+    else:
+        ((axis, vertices, faces),) = patches[7]
+        assert axis == 2 and len(faces) == 2
+        corners = {tuple(p) for p in np.round(vertices[:, :2] / 8.0, 2).tolist()}
+        assert corners == {(2.5, 3.0), (3.0, 3.5), (2.5, 4.0), (2.0, 3.5)}
+        normals = np.cross(vertices[faces[:, 1]] - vertices[faces[:, 0]], vertices[faces[:, 2]] - vertices[faces[:, 0]])
+        assert np.all(normals[:, 2] > 0), "lid up: this side's volume reaches the plane there"
+
+
+def test_placeholder_given_to_another_node_above_is_patched():
+    """Three corners one object below; above, the neighbour gives two of them (its overlap) to
+    another node than the third's: the two cross-sections differ by the half of the diamond
+    toward the fourth corner, which the patch fills (one triangle, lid up)."""
+    from raymesh.l2 import seam_patches
+
+    labels = np.zeros((3, 3, 3), dtype=np.uint64)
+    labels[1, 0, 2] = labels[0, 1, 2] = labels[1, 1, 2] = 7
+    theirs = np.zeros((3, 3), dtype=np.uint64)
+    theirs[1, 0] = 37
+    theirs[0, 1] = theirs[1, 1] = 35
+    patches = seam_patches(labels, {2: theirs}, np.array([1.0, 1.0, 1.0]))[7]
+    # The squares beside it differ too (two of the neighbour's nodes face to face), each its own patch.
+    ((axis, vertices, faces),) = [p for p in patches if p[1][:, :2].max() <= 1.0]
+    assert axis == 2 and len(faces) == 1, "one triangle: the other side's contour crosses it in one edge"
+    assert {tuple(p) for p in vertices[:, :2].tolist()} == {(0.5, 0.0), (0.0, 0.5), (1.0, 0.5)}
+
+
+def test_patches_leave_equal_cuts_and_caps_alone():
+    from raymesh.l2 import seam_patches
+
+    labels = np.zeros((3, 3, 3), dtype=np.uint64)
+    labels[0, 0, 2] = labels[1, 1, 2] = 7
+    same = np.where(np.take(labels, -1, axis=2) == 7, 40, 0).astype(np.uint64)
+    assert seam_patches(labels, {2: same}, np.ones(3)) == {}, "same partition, other ids"
+    unseen = same.copy()
+    unseen[1, 1] = 0  # the neighbour does not see one corner at all: its cap meshes it
+    assert seam_patches(labels, {2: unseen}, np.ones(3)) == {}
+
+
+def test_upper_links_follow_the_neighbours_stop_layer(graph):
+    """``upper_links`` against ``get_roots`` at the upper neighbour's stop layer, for every node
+    beside every upper neighbour of the synthetic chunks."""
+    from raymesh.remap import fetch_neighbourhood, upper_links
+
+    store = open_store(graph.store_url)
+    layout = store.layout
+    checked = 0
+    for coords in np.ndindex(*layout.layer_chunk_bounds(2)):
+        hood = fetch_neighbourhood(store, coords)
+        if not hood.own:
+            continue
+        links = upper_links(hood, layout, coords)
+        where = {n: layout.get_chunk_coordinates(n).tolist() for n in hood.others}
+        for axis in range(3):
+            up = [c + (a == axis) for a, c in enumerate(coords)]
+            beside = sorted(n for n, c in where.items() if c[axis] == up[axis] and c != up)
+            own = sorted(n for n, c in where.items() if c == up)
+            if not beside or not own:
+                continue
+            roots = dict(zip(own + beside, store.get_roots(own + beside, stop_layer=layout.stop_layer(up)).tolist()))
+            for n in beside:
+                expected = [o for o in own if roots[o] == roots[n]]
+                assert links[axis].get(n, []) == expected
+                checked += bool(expected)
+    assert checked > 0, "some nodes beside an upper neighbour are linked to it"
+
+
+def test_a_placeholder_beside_goes_to_the_candidate_behind_it():
+    """Two of the neighbour's nodes share the ancestor of a node beside it: the voxel beside goes
+    to the one just inside next to it, as the neighbour's placeholder rule gives it."""
+    from raymesh.remap import UNKNOWN, neighbour_planes
+
+    seg, hood, labels, _ = _last_row_plane(True)
+    seg[3, 3, 4] = 2002  # node 22 just inside, next to the voxel beside (3, 4)
+    planes = neighbour_planes(seg, hood, (4, 4, 4), {2: {31: [21, 22]}})
+    assert planes[2][3, 4] == 22
+    seg[3, 3, 4] = 0
+    seg[2, 3, 4] = 0
+    assert neighbour_planes(seg, hood, (4, 4, 4), {2: {31: [21, 22]}})[2][3, 4] == UNKNOWN, "none behind: unknown"
+    assert neighbour_planes(seg, hood, (4, 4, 4), {2: {31: [21]}})[2][3, 4] == 21, "one candidate: known"

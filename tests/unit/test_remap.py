@@ -79,6 +79,6 @@ def test_an_edge_is_open_only_where_every_neighbour_around_it_leaves_the_node_op
              (2,): (3, [203]),  # covers nothing (a broken chain is never "the same object")
              (0, 2): (3, [])}
     hood = Neighbourhood(3, own=own, others={}, ancestor={101: 901, 102: 902}, lower=lower,
-                         lower_ancestor={3: anc})
+                         ancestor_at={3: anc})
     open_ = uncovered_by_lower(hood)
     assert open_ == {(0,): {102}, (2,): {101, 102}, (0, 2): {102}}
