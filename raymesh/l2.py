@@ -169,10 +169,19 @@ def _square_patches(mine: tuple[int, ...], theirs: tuple[int, ...]) -> list[tupl
     return out
 
 
+def _square(plane: np.ndarray, i: int, j: int) -> tuple[int, ...]:
+    """The labels of square (i, j)'s corners, in ``_PIECES``' corner order."""
+    return tuple(int(x) for x in (plane[i, j], plane[i + 1, j], plane[i, j + 1], plane[i + 1, j + 1]))
+
+
+def _corners(plane: np.ndarray) -> list[np.ndarray]:
+    """Every square's corners at once, in ``_PIECES``' corner order."""
+    return [plane[:-1, :-1], plane[1:, :-1], plane[:-1, 1:], plane[1:, 1:]]
+
+
 def _differs(mine: np.ndarray, theirs: np.ndarray) -> np.ndarray:
     """Squares whose corners the two sides partition differently (where a patch may be due)."""
-    m = [mine[:-1, :-1], mine[1:, :-1], mine[:-1, 1:], mine[1:, 1:]]
-    t = [theirs[:-1, :-1], theirs[1:, :-1], theirs[:-1, 1:], theirs[1:, 1:]]
+    m, t = _corners(mine), _corners(theirs)
     out = np.zeros(m[0].shape, dtype=bool)
     for k in range(4):
         out |= (m[k] != 0) != (t[k] != 0)
@@ -203,11 +212,10 @@ def seam_patches(labels: np.ndarray, neighbours: dict[int, np.ndarray], resoluti
         b, c = [a for a in range(3) if a != axis]
         mine, theirs = np.take(labels, -1, axis=axis), neighbours[axis]
         for i, j in zip(*np.nonzero(_differs(mine, theirs))):
-            m = tuple(int(x) for x in (mine[i, j], mine[i + 1, j], mine[i, j + 1], mine[i + 1, j + 1]))
-            t = tuple(int(x) for x in (theirs[i, j], theirs[i + 1, j], theirs[i, j + 1], theirs[i + 1, j + 1]))
+            t = _square(theirs, i, j)
             if int(UNKNOWN) in t:
                 continue
-            for owner, bits, lid in _square_patches(m, t):
+            for owner, bits, lid in _square_patches(_square(mine, i, j), t):
                 tris = _patch_triangles(bits)
                 vertices = np.zeros((3 * len(tris), 3))
                 vertices[:, axis] = (labels.shape[axis] - 1) * res[axis]
@@ -278,7 +286,7 @@ def mesh_l2_chunk(store, grid: MeshGrid, coords, *, time_stamp=None, max_error: 
     labels = remap_chunk(seg, hood, dust_threshold=dust_threshold)
     uncovered = uncovered_by_lower(hood)
     caps = cap_meshes(labels, uncovered, grid.resolution, max_error)
-    planes = neighbour_planes(seg, hood, grid.block_shape(2), upper_links(hood, layout, coords))
+    planes = neighbour_planes(seg, hood, grid.block_shape(2), upper_links(hood, layout))
     patches = seam_patches(labels, planes, grid.resolution)
     result = mesh_block(labels, grid.chunk_offset(chunk_id), grid.resolution, grid.chunk_settings(chunk_id),
                         max_error=max_error, chunk_id=chunk_id, caps=caps, patches=patches)

@@ -28,8 +28,8 @@ class Neighbourhood:
     # axes -> (stop layer, layer-2 ids) of the lower neighbour one below on those axes (a face
     # neighbour for one axis, an edge neighbour for two, the corner one for three), where there is one
     lower: dict[tuple[int, ...], tuple[int, list[int]]] = field(default_factory=dict)
-    # axis -> stop layer of the upper neighbour on that axis (its overlap rule, for seam patches)
-    upper: dict[int, int] = field(default_factory=dict)
+    # axis -> (stop layer, coords) of the upper neighbour on that axis (its overlap rule, for seam patches)
+    upper: dict[int, tuple[int, list[int]]] = field(default_factory=dict)
     ancestor_at: dict[int, dict[int, int]] = field(default_factory=dict)  # stop -> id -> ancestor
 
 
@@ -93,13 +93,13 @@ def fetch_neighbourhood(store, coords, time_stamp=None) -> Neighbourhood:
         (own if i == 0 else others).update(latest_l2_nodes(r))
     lower = {axes: (layout.stop_layer(c), sorted(latest_l2_nodes(r)))
              for (axes, c), r in zip(below, rows[len(chunks):])}
-    upper = {axis: layout.stop_layer(up) for axis, up in upper_neighbours(layout, coords)} if own else {}
+    upper = {axis: (layout.stop_layer(up), up) for axis, up in upper_neighbours(layout, coords)}
     if not own:
-        lower = {}
+        lower, upper = {}, {}
     ids = np.array(sorted(own) + sorted(others), dtype=np.uint64)
     lower_ids = sorted({n for _, nodes in lower.values() for n in nodes} - set(own))
     walk = np.concatenate([ids, np.array(lower_ids, dtype=np.uint64)])
-    stops = sorted({stop} | {s for s, _ in lower.values()} | set(upper.values()))
+    stops = sorted({stop} | {s for s, _ in lower.values()} | {s for s, _ in upper.values()})
     anc = store.get_ancestors(walk, stops, time_stamp=time_stamp)
     ancestor_at = {s: dict(zip(walk.tolist(), anc[s].tolist())) for s in stops}
     return Neighbourhood(stop, own, others, dict(zip(ids.tolist(), anc[stop][:len(ids)].tolist())),
@@ -289,19 +289,19 @@ def overlap_mask(shape, chunk_shape) -> np.ndarray:
     return rows | cols
 
 
-def upper_links(hood: Neighbourhood, layout: ChunkLayout, coords) -> dict[int, dict[int, list[int]]]:
+def upper_links(hood: Neighbourhood, layout: ChunkLayout) -> dict[int, dict[int, list[int]]]:
     """``{axis: {node beside: [candidates]}}``: the own nodes of the upper neighbour on ``axis``
     that 6.3's rule, at its own stop layer, may give each node of the chunks beside it (its
     overlap on the shared plane): those with the node's ancestor. One candidate is the node; with
     several it resolves them by what lies behind (``neighbour_planes``). Unlinked nodes are left
     out: their own chunk meshes them there."""
-    where = {n: layout.get_chunk_coordinates(n).tolist() for n in hood.others}
+    nodes = sorted(hood.others)
+    where = dict(zip(nodes, layout.get_chunk_coordinates(np.array(nodes, dtype=np.uint64)).tolist())) if nodes else {}
     out: dict[int, dict[int, list[int]]] = {}
-    for axis, stop in hood.upper.items():
-        up = [int(c) + (a == axis) for a, c in enumerate(coords)]
+    for axis, (stop, up) in hood.upper.items():
         at = hood.ancestor_at[stop]
         members: dict[int, list[int]] = {}
-        for n in sorted(n for n, c in where.items() if c == up):
+        for n in (n for n in nodes if where[n] == up):
             if at[n]:
                 members.setdefault(at[n], []).append(n)
         out[axis] = {n: members[at[n]] for n, c in where.items()

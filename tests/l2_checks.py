@@ -32,7 +32,7 @@ def assert_matches_direct_zmesh(job, coords) -> int:
     hood = fetch_neighbourhood(job.store, coords, job.time_stamp)
     labels = remap_chunk(seg, hood)
     uncovered = uncovered_by_lower(hood)
-    planes = neighbour_planes(seg, hood, grid.block_shape(2), upper_links(hood, grid.layout, coords))
+    planes = neighbour_planes(seg, hood, grid.block_shape(2), upper_links(hood, grid.layout))
     patched = set(seam_patches(labels, planes, grid.resolution))
     mesher = zmesh.Mesher(grid.resolution)
     mesher.mesh(labels)

@@ -293,7 +293,7 @@ def test_upper_links_follow_the_neighbours_stop_layer(graph):
         hood = fetch_neighbourhood(store, coords)
         if not hood.own:
             continue
-        links = upper_links(hood, layout, coords)
+        links = upper_links(hood, layout)
         where = {n: layout.get_chunk_coordinates(n).tolist() for n in hood.others}
         for axis in range(3):
             up = [c + (a == axis) for a, c in enumerate(coords)]
