@@ -68,7 +68,7 @@ def main() -> None:
     try:
         from raymesh.builder import build_graph
         from raymesh.graph import open_store
-        from raymesh.remap import fetch_neighbourhood
+        from raymesh.remap import fetch_with_upper
         from raymesh.stitch import plan_chunk
 
         figures = {}
@@ -85,7 +85,7 @@ def main() -> None:
                 ts = 2e9
                 l2 = list(layout.iter_chunk_coords(2))
                 figures[f"{kind}_layer2"] = _per_chunk(
-                    store, lambda c: fetch_neighbourhood(store, c, time_stamp=ts), l2)
+                    store, lambda c: fetch_with_upper(store, c, time_stamp=ts), l2)
                 tops = [int(layout.chunk_id(top, *c)) for c in layout.iter_chunk_coords(top)]
                 figures[f"{kind}_layer{top}"] = _per_chunk(
                     store, lambda c: plan_chunk(store, top, c, ts), tops)

@@ -14,7 +14,7 @@ import numpy as np
 import zmesh
 
 from raymesh.draco import DracoError, DracoSettings, MeshGrid, encode
-from raymesh.remap import UNKNOWN, fetch_neighbourhood, neighbour_planes, remap_chunk, uncovered_by_lower, upper_links
+from raymesh.remap import Neighbourhood, fetch_with_upper, relabel, remap_chunk, uncovered_by_lower
 from raymesh.volume import read_block
 
 REDUCTION_FACTOR = 100
@@ -198,13 +198,13 @@ def seam_patches(labels: np.ndarray, neighbours: dict[int, np.ndarray], resoluti
     Deliberate addition to PCG (pcg-compat.md 6.3 leaves these open). Each side labels the
     plane's voxels its own way: the overlap remap may give two of the neighbour's nodes one label
     here, or an unsafe object's overlap components to different candidates than the neighbour
-    has; on the plane's last row and column the neighbour's own overlap (the chunks beside it)
-    is labelled by its stop layer. Where the two labellings cut a unit square differently
-    (a saddle joined on one side only, a placeholder given to another node), the two marching-
-    cubes surfaces meet the plane along different contours and leave the pieces between them
-    open. Those pieces, added flat on the plane to this chunk's mesh of the object (its smallest
-    label on the square), close it: their edges lie on the same edge midpoints as both sides'
-    contours, so they weld like a cap. ``neighbours``: ``remap.neighbour_planes``.
+    does; on the plane's last row and column (the neighbour's own overlap) the neighbour's stop
+    layer decides. Where the two labellings cut a unit square differently (a saddle joined on
+    one side only, a placeholder given to another node), the two marching-cubes surfaces meet
+    the plane along different contours and leave the pieces between them open. Those pieces,
+    added flat on the plane to this chunk's mesh of the object (its smallest label on the
+    square), close it: their edges lie on the same edge midpoints as both sides' contours, so
+    they weld like a cap. ``neighbours``: ``neighbour_planes``.
     """
     res = np.asarray(resolution, dtype=np.float64)
     out: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = {}
@@ -212,10 +212,7 @@ def seam_patches(labels: np.ndarray, neighbours: dict[int, np.ndarray], resoluti
         b, c = [a for a in range(3) if a != axis]
         mine, theirs = np.take(labels, -1, axis=axis), neighbours[axis]
         for i, j in zip(*np.nonzero(_differs(mine, theirs))):
-            t = _square(theirs, i, j)
-            if int(UNKNOWN) in t:
-                continue
-            for owner, bits, lid in _square_patches(_square(mine, i, j), t):
+            for owner, bits, lid in _square_patches(_square(mine, i, j), _square(theirs, i, j)):
                 tris = _patch_triangles(bits)
                 vertices = np.zeros((3 * len(tris), 3))
                 vertices[:, axis] = (labels.shape[axis] - 1) * res[axis]
@@ -276,17 +273,40 @@ def read_l2_block(meta, grid: MeshGrid, coords) -> np.ndarray:
     return read_block(meta.segmentation_path, grid.mip, start, end)
 
 
+def upper_plane(seg: np.ndarray, hood: Neighbourhood, axis: int, dust_threshold: int | None = None) -> np.ndarray:
+    """The first plane on ``axis`` of an upper neighbour's block (``seg``, its supervoxels) as
+    that neighbour's meshes cut it: its own remap, exact where a view from the chunk below is
+    not (on the plane's last row and column the neighbour resolves placeholders by components
+    that run through its whole overlap). Voxels it leaves out there (nodes of the chunks beside
+    it that it does not link) keep their own layer-2 ids: their chunk's cap meshes them on this
+    plane (``cap_meshes``), as if the neighbour had."""
+    theirs = np.take(remap_chunk(seg, hood, dust_threshold=dust_threshold), 0, axis=axis)
+    beside = relabel(np.asarray(np.take(seg, 0, axis=axis), dtype=np.uint64),
+                     {int(sv): node for node, svs in hood.others.items() for sv in svs.tolist()})
+    return np.where(theirs == 0, beside, theirs)
+
+
+def neighbour_planes(meta, grid: MeshGrid, labels: np.ndarray, upper: list[tuple[int, list[int], Neighbourhood]],
+                     dust_threshold: int | None = None) -> dict[int, np.ndarray]:
+    """``upper_plane`` of each upper neighbour (``remap.fetch_with_upper``), skipped where this
+    chunk has nothing on the plane: no patch is possible there."""
+    out = {}
+    for axis, up, hood in upper:
+        if labels.shape[axis] <= int(grid.block_shape(2)[axis]) or not np.take(labels, -1, axis=axis).any():
+            continue
+        out[axis] = upper_plane(read_l2_block(meta, grid, up), hood, axis, dust_threshold)
+    return out
+
+
 def mesh_l2_chunk(store, grid: MeshGrid, coords, *, time_stamp=None, max_error: float = 40,
                   dust_threshold: int | None = None) -> ChunkMeshes:
-    """Read, remap and mesh one layer-2 chunk."""
+    """Read, remap and mesh one layer-2 chunk (its upper neighbours remapped too, for the seams)."""
     layout = grid.layout
     chunk_id = int(layout.chunk_id(2, *coords))
-    seg = read_l2_block(store.meta, grid, coords)
-    hood = fetch_neighbourhood(store, coords, time_stamp=time_stamp)
-    labels = remap_chunk(seg, hood, dust_threshold=dust_threshold)
-    uncovered = uncovered_by_lower(hood)
-    caps = cap_meshes(labels, uncovered, grid.resolution, max_error)
-    planes = neighbour_planes(seg, hood, grid.block_shape(2), upper_links(hood, layout))
+    hood, upper = fetch_with_upper(store, coords, time_stamp=time_stamp)
+    labels = remap_chunk(read_l2_block(store.meta, grid, coords), hood, dust_threshold=dust_threshold)
+    caps = cap_meshes(labels, uncovered_by_lower(hood), grid.resolution, max_error)
+    planes = neighbour_planes(store.meta, grid, labels, upper, dust_threshold)
     patches = seam_patches(labels, planes, grid.resolution)
     result = mesh_block(labels, grid.chunk_offset(chunk_id), grid.resolution, grid.chunk_settings(chunk_id),
                         max_error=max_error, chunk_id=chunk_id, caps=caps, patches=patches)

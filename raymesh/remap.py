@@ -1,7 +1,7 @@
 """Supervoxel -> layer-2 id remapping of one chunk, with the overlap resolution of pcg-compat.md 6.3.
 
 Each layer-2 mesh extends one voxel into its positive neighbours, but only where those voxels
-belong to the same object. ``fetch_neighbourhood`` does the graph reads (a few batched round
+belong to the same object. ``fetch_neighbourhoods`` does the graph reads (a few batched round
 trips); ``remap_chunk`` is pure (arrays in, array out) so it is tested without a graph.
 """
 
@@ -28,8 +28,6 @@ class Neighbourhood:
     # axes -> (stop layer, layer-2 ids) of the lower neighbour one below on those axes (a face
     # neighbour for one axis, an edge neighbour for two, the corner one for three), where there is one
     lower: dict[tuple[int, ...], tuple[int, list[int]]] = field(default_factory=dict)
-    # axis -> (stop layer, coords) of the upper neighbour on that axis (its overlap rule, for seam patches)
-    upper: dict[int, tuple[int, list[int]]] = field(default_factory=dict)
     ancestor_at: dict[int, dict[int, int]] = field(default_factory=dict)  # stop -> id -> ancestor
 
 
@@ -73,37 +71,45 @@ def lower_neighbours(layout: ChunkLayout, coords) -> list[tuple[tuple[int, ...],
     return out
 
 
-def fetch_neighbourhood(store, coords, time_stamp=None) -> Neighbourhood:
-    """Graph reads for one chunk: one batched range read (the chunk, its 7 positive neighbours and
-    its up to 7 lower ones) and one batched ancestor walk, for all the stop layers involved: the
-    chunk's, its lower neighbours' (``uncovered_by_lower``) and its upper face neighbours'
-    (``upper_links``).
+def fetch_neighbourhoods(store, coords_list, time_stamp=None) -> list[Neighbourhood]:
+    """Graph reads for several chunks at once: one batched range read (each chunk, its 7 positive
+    neighbours and its up to 7 lower ones) and one batched ancestor walk, for all the stop layers
+    involved (each chunk's and its lower neighbours', ``uncovered_by_lower``). A chunk and its
+    upper neighbours (``l2.neighbour_planes`` remaps those too) share most of these rows, so
+    batching them costs no extra round trip.
 
     Ancestors are taken at ``time_stamp`` (PCG takes them at "now", pcg-compat.md 10.1; for
     initial meshing right after ingest both agree, and T is the faithful choice).
     """
     layout = store.layout
-    stop = layout.stop_layer(coords)
-    chunks = neighbour_chunks(layout, coords)
-    below = lower_neighbours(layout, coords)
-    rows = store.range_read_chunks(chunks + [int(layout.chunk_id(2, *c)) for _, c in below], time_stamp=time_stamp)
-    own: dict[int, np.ndarray] = {}
-    others: dict[int, np.ndarray] = {}
-    for i, r in enumerate(rows[:len(chunks)]):
-        (own if i == 0 else others).update(latest_l2_nodes(r))
-    lower = {axes: (layout.stop_layer(c), sorted(latest_l2_nodes(r)))
-             for (axes, c), r in zip(below, rows[len(chunks):])}
-    upper = {axis: (layout.stop_layer(up), up) for axis, up in upper_neighbours(layout, coords)}
-    if not own:
-        lower, upper = {}, {}
-    ids = np.array(sorted(own) + sorted(others), dtype=np.uint64)
-    lower_ids = sorted({n for _, nodes in lower.values() for n in nodes} - set(own))
-    walk = np.concatenate([ids, np.array(lower_ids, dtype=np.uint64)])
-    stops = sorted({stop} | {s for s, _ in lower.values()} | {s for s, _ in upper.values()})
-    anc = store.get_ancestors(walk, stops, time_stamp=time_stamp)
-    ancestor_at = {s: dict(zip(walk.tolist(), anc[s].tolist())) for s in stops}
-    return Neighbourhood(stop, own, others, dict(zip(ids.tolist(), anc[stop][:len(ids)].tolist())),
-                         lower, upper, ancestor_at)
+    plans = [(layout.stop_layer(c), neighbour_chunks(layout, c), lower_neighbours(layout, c)) for c in coords_list]
+    chunks = sorted({ch for _, near, below in plans
+                     for ch in near + [int(layout.chunk_id(2, *c)) for _, c in below]})
+    rows = dict(zip(chunks, (latest_l2_nodes(r) for r in store.range_read_chunks(chunks, time_stamp=time_stamp))))
+    partial = []
+    for stop, near, below in plans:
+        own = dict(rows[near[0]])
+        others = {n: svs for ch in near[1:] for n, svs in rows[ch].items()}
+        lower = {axes: (layout.stop_layer(c), sorted(rows[int(layout.chunk_id(2, *c))]))
+                 for axes, c in below} if own else {}
+        partial.append((stop, own, others, lower))
+    walk = sorted({n for _, own, others, lower in partial
+                   for n in [*own, *others, *(m for _, nodes in lower.values() for m in nodes)]})
+    stops = sorted({stop for stop, *_ in partial} | {s for *_, lower in partial for s, _ in lower.values()})
+    anc = store.get_ancestors(np.array(walk, dtype=np.uint64), stops, time_stamp=time_stamp) if walk else {}
+    ancestor_at = {s: dict(zip(walk, anc[s].tolist())) for s in stops} if walk else {s: {} for s in stops}
+    out = []
+    for stop, own, others, lower in partial:
+        at = ancestor_at[stop]
+        mine = {n: at[n] for n in [*own, *others]}
+        used = {stop} | {s for s, _ in lower.values()}
+        out.append(Neighbourhood(stop, own, others, mine, lower, {s: ancestor_at[s] for s in used}))
+    return out
+
+
+def fetch_neighbourhood(store, coords, time_stamp=None) -> Neighbourhood:
+    """``fetch_neighbourhoods`` for one chunk."""
+    return fetch_neighbourhoods(store, [coords], time_stamp=time_stamp)[0]
 
 
 def upper_neighbours(layout: ChunkLayout, coords) -> list[tuple[int, list[int]]]:
@@ -115,6 +121,14 @@ def upper_neighbours(layout: ChunkLayout, coords) -> list[tuple[int, list[int]]]
         if up[axis] < int(bounds[axis]):
             out.append((axis, up))
     return out
+
+
+def fetch_with_upper(store, coords, time_stamp=None) -> tuple[Neighbourhood, list[tuple[int, list[int], Neighbourhood]]]:
+    """What meshing one chunk reads from the graph, in one batch: its neighbourhood, and
+    ``(axis, coords, neighbourhood)`` of each upper neighbour (``l2.neighbour_planes``)."""
+    upper = upper_neighbours(store.layout, coords)
+    hood, *hoods = fetch_neighbourhoods(store, [coords] + [up for _, up in upper], time_stamp=time_stamp)
+    return hood, [(axis, up, h) for (axis, up), h in zip(upper, hoods)]
 
 
 def supervoxel_map(hood: Neighbourhood) -> tuple[dict[int, int], dict[int, list[int]]]:
@@ -232,78 +246,3 @@ def uncovered_by_lower(hood: Neighbourhood) -> dict[tuple[int, ...], set[int]]:
     # A neighbour below on some axes implies the ones below on fewer of them: all are in ``missed``.
     return {axes: set.intersection(*(nodes for sub, nodes in missed.items() if set(sub) <= set(axes)))
             for axes in missed}
-
-
-UNKNOWN = np.uint64(2**64 - 1)  # a voxel whose label seen from the neighbour this chunk cannot tell
-
-
-def neighbour_planes(seg: np.ndarray, hood: Neighbourhood, chunk_shape,
-                     links: dict[int, dict[int, list[int]]] | None = None) -> dict[int, np.ndarray]:
-    """Per axis with an overlap, the block's last plane (the upper neighbour's first one) as that
-    neighbour meshes it, label by label: its own voxels as its layer-2 ids; the plane's last row
-    and column (the neighbour's own overlap, in chunks beside it) as the node of its own it gives
-    them (``links[axis]``, ``upper_links``), or, unlinked or not looked up, as their own layer-2
-    ids (a cap of their chunk meshes them there, ``l2.cap_meshes``).
-
-    Where several of its nodes share the ancestor (6.3's placeholder), the neighbour gives an
-    overlap component the smallest candidate behind it; seen from this plane, that is the
-    smallest candidate just inside next to the piece of the component on the plane (the
-    component may reach farther into the neighbour than the plane shows, so this is the
-    plane's best view); with none there, ``UNKNOWN``.
-    """
-    mapping = {int(sv): node for node, svs in hood.others.items() for sv in svs.tolist()}
-    out = {}
-    for axis in range(3):
-        if seg.shape[axis] <= int(chunk_shape[axis]):
-            continue
-        plane = relabel(np.asarray(np.take(seg, -1, axis=axis), dtype=np.uint64), mapping)
-        given = (links or {}).get(axis)
-        if given:
-            _resolve_beside(plane, given, [int(chunk_shape[a]) for a in range(3) if a != axis])
-        out[axis] = plane
-    return out
-
-
-def _resolve_beside(plane: np.ndarray, given: dict[int, list[int]], inner: list[int]) -> None:
-    """Relabel, in place, the plane's voxels beside the neighbour with the nodes it gives them:
-    per connected piece of one node, the smallest candidate found just inside next to it, else
-    the only one; ``UNKNOWN`` where several are left (what the neighbour chose lies outside
-    this plane)."""
-    raw = plane.copy()
-    pieces = cc3d.connected_components(np.where(overlap_mask(raw.shape, inner), raw, 0), connectivity=4)
-    for piece in range(1, int(pieces.max()) + 1):
-        i, j = np.nonzero(pieces == piece)
-        candidates = given.get(int(raw[i[0], j[0]]))
-        if not candidates:
-            continue
-        row, col = i >= inner[0], j >= inner[1]
-        behind = set(raw[inner[0] - 1, j[row]].tolist()) | set(raw[i[col], inner[1] - 1].tolist())
-        hits = [c for c in candidates if c in behind]
-        plane[i, j] = hits[0] if hits else (candidates[0] if len(candidates) == 1 else UNKNOWN)
-
-
-def overlap_mask(shape, chunk_shape) -> np.ndarray:
-    """True on a plane's rows and columns past the chunk: its overlap, in the chunks beside it."""
-    rows = np.arange(shape[0])[:, None] >= int(chunk_shape[0])
-    cols = np.arange(shape[1])[None, :] >= int(chunk_shape[1])
-    return rows | cols
-
-
-def upper_links(hood: Neighbourhood, layout: ChunkLayout) -> dict[int, dict[int, list[int]]]:
-    """``{axis: {node beside: [candidates]}}``: the own nodes of the upper neighbour on ``axis``
-    that 6.3's rule, at its own stop layer, may give each node of the chunks beside it (its
-    overlap on the shared plane): those with the node's ancestor. One candidate is the node; with
-    several it resolves them by what lies behind (``neighbour_planes``). Unlinked nodes are left
-    out: their own chunk meshes them there."""
-    nodes = sorted(hood.others)
-    where = dict(zip(nodes, layout.get_chunk_coordinates(np.array(nodes, dtype=np.uint64)).tolist())) if nodes else {}
-    out: dict[int, dict[int, list[int]]] = {}
-    for axis, (stop, up) in hood.upper.items():
-        at = hood.ancestor_at[stop]
-        members: dict[int, list[int]] = {}
-        for n in (n for n in nodes if where[n] == up):
-            if at[n]:
-                members.setdefault(at[n], []).append(n)
-        out[axis] = {n: members[at[n]] for n, c in where.items()
-                     if c[axis] == up[axis] and c != up and at[n] in members}
-    return out

@@ -6,9 +6,9 @@ import numpy as np
 import zmesh
 
 from raymesh.draco import decode, encode
-from raymesh.l2 import read_l2_block, seam_patches, simplified_meshes
+from raymesh.l2 import neighbour_planes, read_l2_block, seam_patches, simplified_meshes
 from raymesh.mesh_layout import shard_key
-from raymesh.remap import fetch_neighbourhood, neighbour_planes, remap_chunk, uncovered_by_lower, upper_links
+from raymesh.remap import fetch_neighbourhood, fetch_with_upper, remap_chunk, uncovered_by_lower
 from raymesh.sharding import disassemble_shard
 
 
@@ -29,10 +29,10 @@ def assert_matches_direct_zmesh(job, coords) -> int:
     grid = job.grid
     chunk = int(grid.layout.chunk_id(2, *coords))
     seg = read_l2_block(job.meta, grid, coords)
-    hood = fetch_neighbourhood(job.store, coords, job.time_stamp)
+    hood, upper = fetch_with_upper(job.store, coords, job.time_stamp)
     labels = remap_chunk(seg, hood)
     uncovered = uncovered_by_lower(hood)
-    planes = neighbour_planes(seg, hood, grid.block_shape(2), upper_links(hood, grid.layout))
+    planes = neighbour_planes(job.meta, grid, labels, upper)
     patched = set(seam_patches(labels, planes, grid.resolution))
     mesher = zmesh.Mesher(grid.resolution)
     mesher.mesh(labels)

@@ -207,39 +207,35 @@ def test_config_errors(tmp_path):
         load_config(str(tmp_path / "missing.yaml"))
 
 
-def _last_row_plane(linked: bool):
-    """The lower chunk's top plane (chunk 4x4 on x, y, plus the overlap row y=4) and the upper
-    neighbour's view of it: a saddle on the square x 2-3, y 3-4, whose corner (3, 4) lies in the
-    chunk beside the upper neighbour (node 31), its other diagonal (2, 3) in the neighbour (node 21)."""
+def _upper_block(linked: bool):
+    """An upper neighbour (on z) of a 4x4x4 chunk, and the lower chunk's top plane: a saddle on the
+    square x 2-3, y 3-4, whose corner (3, 4) lies beside the neighbour (node 31 of the chunk next
+    to it), its other diagonal (2, 3) in the neighbour (node 21)."""
     from raymesh.remap import Neighbourhood
 
-    seg = np.zeros((5, 5, 5), dtype=np.uint64)
-    seg[2, 3, 4], seg[3, 4, 4] = 2001, 3001  # supervoxels on the plane: neighbour's, beside it
-    seg[0, 0, 4] = 2002  # a second node of the neighbour, elsewhere
-    hood = Neighbourhood(stop_layer=3, own={7: np.array([1])},
-                         others={21: np.array([2001]), 22: np.array([2002]), 31: np.array([3001])}, ancestor={})
+    seg = np.zeros((5, 5, 5), dtype=np.uint64)  # the neighbour's block; z = 0 is the shared plane
+    seg[2, 3, 0], seg[3, 4, 0] = 2001, 3001
+    seg[0, 0, 0] = 2002  # a second node of the neighbour, elsewhere
+    hood = Neighbourhood(stop_layer=3, own={21: np.array([2001]), 22: np.array([2002])},
+                         others={31: np.array([3001])}, ancestor={21: 901, 22: 902, 31: 901 if linked else 903})
     labels = np.zeros((5, 5, 5), dtype=np.uint64)
     labels[2, 3, 4] = labels[3, 4, 4] = 7  # this chunk's remap gives both its node 7: joined below
-    links = {2: {31: [21]}} if linked else {2: {}}
-    return seg, hood, labels, links
+    return seg, hood, labels
 
 
 @pytest.mark.parametrize("linked", [False, True])
 def test_saddle_on_a_planes_last_row_is_decided_by_the_upper_neighbours_links(linked):
     """On a plane's last row the upper neighbour's corners lie partly in its own overlap, labelled
     by its stop layer: linked to its node the square is joined above as below (no patch); not
-    linked, the chunk beside meshes its voxel alone, so the square is apart above (a patch: the
-    diamond, lid up)."""
-    from raymesh.l2 import seam_patches
-    from raymesh.remap import neighbour_planes
+    linked, the chunk beside meshes its voxel alone (its cap), so the square is apart above (a
+    patch: the diamond, lid up)."""
+    from raymesh.l2 import seam_patches, upper_plane
 
-    seg, hood, labels, links = _last_row_plane(linked)
-    chunk = (4, 4, 4)
-    raw = neighbour_planes(seg, hood, chunk)
-    assert raw[2][2, 3] == 21 and raw[2][3, 4] == 31 and raw[2][0, 0] == 22
-    planes = neighbour_planes(seg, hood, chunk, links)
-    assert planes[2][3, 4] == (21 if linked else 31)
-    patches = seam_patches(labels, planes, np.array([8.0, 8.0, 40.0]))
+    seg, hood, labels = _upper_block(linked)
+    plane = upper_plane(seg, hood, axis=2)
+    assert plane[2, 3] == 21 and plane[0, 0] == 22
+    assert plane[3, 4] == (21 if linked else 31)
+    patches = seam_patches(labels, {2: plane}, np.array([8.0, 8.0, 40.0]))
     if linked:
         assert patches == {}
     else:
@@ -249,6 +245,39 @@ def test_saddle_on_a_planes_last_row_is_decided_by_the_upper_neighbours_links(li
         assert corners == {(2.5, 3.0), (3.0, 3.5), (2.5, 4.0), (2.0, 3.5)}
         normals = np.cross(vertices[faces[:, 1]] - vertices[faces[:, 0]], vertices[faces[:, 2]] - vertices[faces[:, 0]])
         assert np.all(normals[:, 2] > 0), "lid up: this side's volume reaches the plane there"
+
+
+def test_a_placeholder_beside_goes_where_its_component_reaches_in_the_neighbour():
+    """Two of the neighbour's nodes share the ancestor of the node beside it (6.3's placeholder).
+    The neighbour gives the component to the smallest candidate behind it anywhere along it: here
+    node 22, four planes up, with nothing behind it on the shared plane. The plane alone cannot
+    tell; the neighbour's own remap of its block can."""
+    from raymesh.l2 import upper_plane
+
+    seg, hood, _ = _upper_block(True)
+    hood.ancestor[22] = 901  # 21 and 22 both candidates for 31
+    seg[3, 4, :4] = 3001  # 31's voxels beside the neighbour, up to z = 3
+    seg[3, 3, 3] = 2002  # node 22 just inside, next to the component's top
+    assert upper_plane(seg, hood, axis=2)[3, 4] == 22
+    seg[3, 3, 3] = 0
+    seg[3, 3, 0] = 2001  # now only node 21 lies behind it, on the plane itself
+    assert upper_plane(seg, hood, axis=2)[3, 4] == 21
+
+
+def test_a_chunk_and_its_upper_neighbours_share_one_batch_of_graph_reads(graph):
+    """``fetch_with_upper`` gives each chunk what fetching it alone gives."""
+    from raymesh.remap import fetch_neighbourhood, fetch_with_upper
+
+    store = open_store(graph.store_url)
+    for coords in np.ndindex(*store.layout.layer_chunk_bounds(2)):
+        hood, upper = fetch_with_upper(store, coords)
+        for h, c in [(hood, coords)] + [(h, up) for _, up, h in upper]:
+            alone = fetch_neighbourhood(store, c)
+            assert (h.stop_layer, h.ancestor, h.lower) == (alone.stop_layer, alone.ancestor, alone.lower)
+            assert {n: v.tolist() for n, v in h.own.items()} == {n: v.tolist() for n, v in alone.own.items()}
+            assert list(h.others) == list(alone.others)
+            for stop, at in alone.ancestor_at.items():
+                assert {n: h.ancestor_at[stop][n] for n in at} == at
 
 
 def test_placeholder_given_to_another_node_above_is_patched():
@@ -279,46 +308,3 @@ def test_patches_leave_equal_cuts_and_caps_alone():
     unseen = same.copy()
     unseen[1, 1] = 0  # the neighbour does not see one corner at all: its cap meshes it
     assert seam_patches(labels, {2: unseen}, np.ones(3)) == {}
-
-
-def test_upper_links_follow_the_neighbours_stop_layer(graph):
-    """``upper_links`` against ``get_roots`` at the upper neighbour's stop layer, for every node
-    beside every upper neighbour of the synthetic chunks."""
-    from raymesh.remap import fetch_neighbourhood, upper_links
-
-    store = open_store(graph.store_url)
-    layout = store.layout
-    checked = 0
-    for coords in np.ndindex(*layout.layer_chunk_bounds(2)):
-        hood = fetch_neighbourhood(store, coords)
-        if not hood.own:
-            continue
-        links = upper_links(hood, layout)
-        where = {n: layout.get_chunk_coordinates(n).tolist() for n in hood.others}
-        for axis in range(3):
-            up = [c + (a == axis) for a, c in enumerate(coords)]
-            beside = sorted(n for n, c in where.items() if c[axis] == up[axis] and c != up)
-            own = sorted(n for n, c in where.items() if c == up)
-            if not beside or not own:
-                continue
-            roots = dict(zip(own + beside, store.get_roots(own + beside, stop_layer=layout.stop_layer(up)).tolist()))
-            for n in beside:
-                expected = [o for o in own if roots[o] == roots[n]]
-                assert links[axis].get(n, []) == expected
-                checked += bool(expected)
-    assert checked > 0, "some nodes beside an upper neighbour are linked to it"
-
-
-def test_a_placeholder_beside_goes_to_the_candidate_behind_it():
-    """Two of the neighbour's nodes share the ancestor of a node beside it: the voxel beside goes
-    to the one just inside next to it, as the neighbour's placeholder rule gives it."""
-    from raymesh.remap import UNKNOWN, neighbour_planes
-
-    seg, hood, labels, _ = _last_row_plane(True)
-    seg[3, 3, 4] = 2002  # node 22 just inside, next to the voxel beside (3, 4)
-    planes = neighbour_planes(seg, hood, (4, 4, 4), {2: {31: [21, 22]}})
-    assert planes[2][3, 4] == 22
-    seg[3, 3, 4] = 0
-    seg[2, 3, 4] = 0
-    assert neighbour_planes(seg, hood, (4, 4, 4), {2: {31: [21, 22]}})[2][3, 4] == UNKNOWN, "none behind: unknown"
-    assert neighbour_planes(seg, hood, (4, 4, 4), {2: {31: [21]}})[2][3, 4] == 21, "one candidate: known"
