@@ -14,7 +14,8 @@ import numpy as np
 import zmesh
 
 from raymesh.draco import DracoError, DracoSettings, MeshGrid, encode
-from raymesh.remap import Neighbourhood, fetch_with_upper, relabel, remap_chunk, uncovered_by_lower
+from raymesh.corners import ChunkView, corner_drops, corner_pairs, corner_patches, pair_chunks
+from raymesh.remap import Neighbourhood, fetch_neighbourhoods, fetch_with_upper, relabel, remap_chunk, uncovered_by_lower
 from raymesh.volume import read_block
 
 REDUCTION_FACTOR = 100
@@ -56,7 +57,8 @@ Cap = tuple[tuple[int, ...], np.ndarray, np.ndarray]  # (axes it lies below, ver
 
 
 def cap_meshes(labels: np.ndarray, uncovered: dict[tuple[int, ...], set[int]], resolution, max_error: float = 40,
-               reduction_factor: int = REDUCTION_FACTOR) -> dict[int, list[Cap]]:
+               reduction_factor: int = REDUCTION_FACTOR,
+               drops: dict[tuple[int, ...], np.ndarray] | None = None) -> dict[int, list[Cap]]:
     """Caps for the nodes lower neighbours leave open: ``{label: [(axes, vertices, faces), ...]}``.
 
     Deliberate addition to PCG (pcg-compat.md 6.3 leaves these open): where the lower neighbours
@@ -66,7 +68,8 @@ def cap_meshes(labels: np.ndarray, uncovered: dict[tuple[int, ...], set[int]], r
     plane of background before them on each of those axes, give the face half a voxel below and
     the walls up to the planes. Its open edges on the planes are the same marching-squares
     contours as the node's own open edges there and the neighbouring caps' (zmesh keeps
-    open-boundary vertices through simplification), so they all weld exactly.
+    open-boundary vertices through simplification), so they all weld exactly. ``drops``: first-
+    plane voxels a face cap leaves to another chunk's cap (``corners.corner_drops``).
     """
     out: dict[int, list[Cap]] = {}
     for axes in sorted(uncovered, key=lambda a: (len(a), a)):
@@ -74,6 +77,8 @@ def cap_meshes(labels: np.ndarray, uncovered: dict[tuple[int, ...], set[int]], r
             continue
         first = labels[tuple(slice(0, 1) if a in axes else slice(None) for a in range(3))]
         keep = np.isin(first, np.fromiter(uncovered[axes], dtype=np.uint64))
+        if drops and axes in drops:
+            keep &= ~drops[axes].reshape(keep.shape)
         if not keep.any():
             continue
         block = np.pad(np.where(keep, first, 0), [(1, 0) if a in axes else (0, 0) for a in range(3)])
@@ -298,14 +303,48 @@ def neighbour_planes(meta, grid: MeshGrid, labels: np.ndarray, upper: list[tuple
     return out
 
 
+def _views(store, grid: MeshGrid, hoods: dict[tuple[int, ...], Neighbourhood], dust_threshold) -> dict:
+    """``corners.ChunkView`` of each chunk, from its neighbourhood and its own block."""
+    return {c: ChunkView(remap_chunk(read_l2_block(store.meta, grid, c), h, dust_threshold=dust_threshold),
+                         uncovered_by_lower(h)) for c, h in hoods.items()}
+
+
+def corner_views(store, grid: MeshGrid, coords, view: ChunkView, known: dict[tuple[int, ...], Neighbourhood],
+                 time_stamp=None, dust_threshold=None) -> tuple[list[tuple[int, int]], dict]:
+    """The corner-column pairs of a chunk (``corners.corner_pairs``) and the views of the chunks
+    around each edge line, read in one more batch only where a pair needs them."""
+    layout = grid.layout
+    bounds = layout.layer_chunk_bounds(2)
+    pairs = [(a, b) for a, b in corner_pairs(view, grid.block_shape(2))
+             if all(0 <= c[i] < int(bounds[i]) for c in pair_chunks(coords, a, b).values() for i in range(3))]
+    if not pairs:
+        return [], {"P": {}, "M": {}, "U": {}}
+    needed = sorted({c for a, b in pairs for c in pair_chunks(coords, a, b).values()})
+    missing = [c for c in needed if c not in known]
+    hoods = {**{c: known[c] for c in needed if c in known},
+             **dict(zip(missing, fetch_neighbourhoods(store, missing, time_stamp=time_stamp) if missing else []))}
+    views = _views(store, grid, hoods, dust_threshold)
+    return pairs, {k: {(a, b): views[pair_chunks(coords, a, b)[k]] for a, b in pairs} for k in ("P", "M", "U")}
+
+
 def mesh_l2_chunk(store, grid: MeshGrid, coords, *, time_stamp=None, max_error: float = 40,
                   dust_threshold: int | None = None) -> ChunkMeshes:
-    """Read, remap and mesh one layer-2 chunk (its upper neighbours remapped too, for the seams)."""
+    """Read, remap and mesh one layer-2 chunk (its upper neighbours remapped too, for the seams,
+    and around an edge line where two chunks' caps meet, the chunks there)."""
     layout = grid.layout
+    coords = tuple(int(c) for c in coords)
     chunk_id = int(layout.chunk_id(2, *coords))
     hood, upper = fetch_with_upper(store, coords, time_stamp=time_stamp)
-    labels = remap_chunk(read_l2_block(store.meta, grid, coords), hood, dust_threshold=dust_threshold)
-    caps = cap_meshes(labels, uncovered_by_lower(hood), grid.resolution, max_error)
+    seg = read_l2_block(store.meta, grid, coords)
+    labels = remap_chunk(seg, hood, dust_threshold=dust_threshold)
+    view = ChunkView(labels, uncovered_by_lower(hood))
+    known = {tuple(up): h for _, up, h in upper}
+    pairs, views = corner_views(store, grid, coords, view, known, time_stamp, dust_threshold)
+    caps = cap_meshes(labels, view.uncovered, grid.resolution, max_error, drops=corner_drops(view, pairs, views))
+    if pairs:
+        above_p = {a: upper_plane(seg, hood, a, dust_threshold) for a in sorted({a for a, _ in pairs})}
+        for label, pieces in corner_patches(view, pairs, views, above_p, grid.resolution).items():
+            caps.setdefault(label, []).extend(pieces)
     planes = neighbour_planes(store.meta, grid, labels, upper, dust_threshold)
     patches = seam_patches(labels, planes, grid.resolution)
     result = mesh_block(labels, grid.chunk_offset(chunk_id), grid.resolution, grid.chunk_settings(chunk_id),
