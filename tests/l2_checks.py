@@ -6,7 +6,8 @@ import numpy as np
 import zmesh
 
 from raymesh.draco import decode, encode
-from raymesh.l2 import neighbour_planes, read_l2_block, seam_patches, simplified_meshes
+from raymesh.corners import ChunkView, corner_patches
+from raymesh.l2 import corner_views, neighbour_planes, read_l2_block, seam_patches, simplified_meshes, upper_plane
 from raymesh.mesh_layout import shard_key
 from raymesh.remap import fetch_neighbourhood, fetch_with_upper, remap_chunk, uncovered_by_lower
 from raymesh.sharding import disassemble_shard
@@ -34,6 +35,11 @@ def assert_matches_direct_zmesh(job, coords) -> int:
     uncovered = uncovered_by_lower(hood)
     planes = neighbour_planes(job.meta, grid, labels, upper)
     patched = set(seam_patches(labels, planes, grid.resolution))
+    view = ChunkView(labels, uncovered)
+    pairs, views = corner_views(job.store, grid, tuple(coords), view, {tuple(up): h for _, up, h in upper}, job.time_stamp)
+    if pairs:
+        above = {a: upper_plane(seg, hood, a) for a, _ in pairs}
+        patched |= set(corner_patches(view, pairs, views, above, grid.resolution))
     mesher = zmesh.Mesher(grid.resolution)
     mesher.mesh(labels)
     frags = chunk_fragments(job, coords)
@@ -48,7 +54,8 @@ def assert_matches_direct_zmesh(job, coords) -> int:
         capped = any(int(label) in nodes and low[list(axes)].all() for axes, nodes in uncovered.items())
         if capped or int(label) in patched:
             # Capped where a lower neighbour leaves the node open (l2.cap_meshes), or patched where
-            # an upper one resolves a saddle differently (l2.seam_patches): the direct mesh plus
+            # an upper one resolves a saddle differently (l2.seam_patches) or two caps meet in a
+            # corner column (raymesh.corners): the direct mesh plus
             # those, so more faces, and every direct vertex within a bin of a decoded one.
             assert len(decoded.faces) > len(mesh.faces), f"fragment {label} has no cap or patch"
             d = np.abs(verts[:, None, :] - decoded.vertices[None, :, :]).max(axis=2).min(axis=1)
