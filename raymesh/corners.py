@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from raymesh.squares import patch_triangles, square_patches, square_residual
+
 
 @dataclass
 class ChunkView:
@@ -94,49 +96,16 @@ def corner_drops(view: ChunkView, pairs, views: dict[str, dict[tuple[int, int], 
     return drops
 
 
-def _residual(square: list[tuple[tuple[int, ...], int]], flat: list[tuple[tuple[int, ...], int, int]]
-              ) -> list[tuple[tuple[int, ...], int, int]]:
-    """``(group corners, pieces, lid)`` left open on one square by meshes meeting it from both
-    sides (``square``: corner labels and side, +1 below the face, -1 above) and flat pieces on
-    it (``flat``: corners of their owner, pieces, lid). Corners are grouped into objects by a
-    shared label in any mesh; per object the pieces covered an odd number of times are open,
-    their lid facing away from the side that covers them."""
-    from raymesh.l2 import _REGION
+def _rows(labels: np.ndarray, a: int, a_at: int, b: int) -> np.ndarray:
+    """The last two rows on ``b`` of the plane at ``a_at`` on ``a``, each along the third axis."""
+    return np.stack([_line(labels, a, a_at, b, -2), _line(labels, a, a_at, b, -1)])
 
-    groups: list[set[int]] = []
-    for k in range(4):
-        hit = [g for g in groups if any(any(lab[k] and lab[k] == lab[o] for lab, _ in square) for o in g)]
-        if not any(lab[k] for lab, _ in square):
-            continue
-        groups = [g for g in groups if g not in hit] + [{k}.union(*hit)]
-    out = []
-    for group in groups:
-        odd = below = 0
-        for labels, side in square:
-            bits = 0
-            for label in sorted({labels[k] for k in group} - {0}):
-                region = _REGION[sum(1 << k for k in range(4) if labels[k] == label)]
-                if bits & region:
-                    break
-                bits |= region
-            else:
-                odd ^= bits
-                if side > 0:
-                    below ^= bits
-                continue
-            odd = None  # one mesh's labels overlap on the square: ambiguous, left alone
-            break
-        if odd is None:
-            continue
-        for corners, bits, lid in flat:
-            if set(corners) <= group:
-                odd ^= bits
-                if lid > 0:
-                    below ^= bits
-        for lid, bits in ((1, odd & below), (-1, odd & ~below)):
-            if bits:
-                out.append((tuple(sorted(group)), bits, lid))
-    return out
+
+def _column_square(rows: np.ndarray, j: int, order: tuple[int, ...]) -> tuple[int, ...]:
+    """Square j of two rows, its corners in ``squares.PIECES``' order (``order`` maps the rows'
+    (row, column) corners to the plane's (u, v))."""
+    corners = [int(rows[r, j + s]) for s, r in ((0, 0), (0, 1), (1, 0), (1, 1))]
+    return tuple(corners[i] for i in order)
 
 
 def corner_patches(view: ChunkView, pairs, views, plane_above_p: dict[int, np.ndarray], resolution
@@ -145,8 +114,6 @@ def corner_patches(view: ChunkView, pairs, views, plane_above_p: dict[int, np.nd
     ``{label: [((a,), vertices, faces), ...]}`` in nm relative to the block, the shape of
     ``l2.cap_meshes``' output so they weld with the caps. ``plane_above_p[a]``: this chunk's
     first plane on a as its lower neighbour P sees it (``l2.upper_plane``)."""
-    from raymesh.l2 import _patch_triangles, _square_patches
-
     res = np.asarray(resolution, dtype=np.float64)
     out: dict[int, list] = {}
     for a, b in pairs:
@@ -155,8 +122,7 @@ def corner_patches(view: ChunkView, pairs, views, plane_above_p: dict[int, np.nd
             continue
         c = 3 - a - b
         n = view.labels.shape[c]
-        rows = lambda lab, a_at: np.stack([_line(lab, a, a_at, b, -2), _line(lab, a, a_at, b, -1)])  # noqa: E731
-        own = rows(view.labels, 0)
+        own = _rows(view.labels, a, 0, b)
         cap = np.where(_capped(own, view.uncovered.get((a,))), own, 0)
         if a > b:  # this cap leaves U's voxel to M's (``corner_drops``)
             cap[1] = np.where(_theirs_in_column(m, a, b), 0, cap[1])
@@ -171,31 +137,29 @@ def corner_patches(view: ChunkView, pairs, views, plane_above_p: dict[int, np.nd
                  (np.stack([zero, m_cap]), 1),
                  (np.stack([zero, np.where(_capped(u_line, u.uncovered.get((b,))), u_line, 0)]), -1),
                  (np.stack([zero, np.where(_capped(u_line, u.uncovered.get(edge)), u_line, 0)]), 1),
-                 (rows(p.labels, -1), 1)]
+                 (_rows(p.labels, a, -1, b), 1)]
         above_p = plane_above_p[a]
         index = [slice(None)] * 2
         index[b if b < a else b - 1] = slice(-2, None)
         above_p = above_p[tuple(index)]
         if b > c:
             above_p = above_p.T
-        p_rows = rows(p.labels, -1)
+        p_rows = _rows(p.labels, a, -1, b)
         # Squares along c: corners (row 0, j), (row 1, j), (row 0, j+1), (row 1, j+1) when b is the
         # plane's first axis (u), else (j, row 0), (j+1, row 0), (j, row 1), (j+1, row 1).
         order = (0, 1, 2, 3) if b < c else (0, 2, 1, 3)
         for j in range(n - 1):
-            corners = lambda arr: tuple(int(arr[r, j + s]) for s, r in ((0, 0), (0, 1), (1, 0), (1, 1)))  # noqa: E731
-            pick = lambda t: tuple(t[i] for i in order)  # noqa: E731
-            square = [(pick(corners(arr)), side) for arr, side in sides]
-            mine_p, theirs_p = pick(corners(p_rows)), pick(corners(above_p))
+            square = [(_column_square(arr, j, order), side) for arr, side in sides]
+            mine_p, theirs_p = _column_square(p_rows, j, order), _column_square(above_p, j, order)
             flat = []
-            for owner, bits, lid in _square_patches(mine_p, theirs_p):
+            for owner, bits, lid in square_patches(mine_p, theirs_p):
                 flat.append((tuple(k for k in range(4) if mine_p[k] == owner), bits, lid))
             own_sq = square[0][0]
-            for group, bits, lid in _residual(square, flat):
+            for group, bits, lid in square_residual(square, flat):
                 owners = [own_sq[k] for k in group if own_sq[k]]
                 if not owners:
                     continue
-                tris = _patch_triangles(bits)
+                tris = patch_triangles(bits)
                 uv = tris.reshape(-1, 2)
                 vertices = np.zeros((len(uv), 3))
                 first_b = view.labels.shape[b] - 2

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import zmesh
 
-from raymesh.draco import DracoError, DracoSettings, MeshGrid, encode
 from raymesh.corners import ChunkView, corner_drops, corner_pairs, corner_patches, pair_chunks
+from raymesh.draco import DracoError, DracoSettings, MeshGrid, encode
 from raymesh.remap import Neighbourhood, fetch_neighbourhoods, fetch_with_upper, relabel, remap_chunk, uncovered_by_lower
+from raymesh.squares import patch_triangles, square_patches
 from raymesh.volume import read_block
 
 REDUCTION_FACTOR = 100
@@ -97,90 +98,13 @@ def _with_caps(vertices: np.ndarray, faces: np.ndarray, caps: list[Cap]):
     return merge_across_boundaries([(vertices, faces)] + [(v, f) for _, v, f in caps], planes)
 
 
-# A unit square of a plane: corners k = 0..3 at (u, v) = (0, 0), (1, 0), (0, 1), (1, 1), u along the
-# plane's first axis. Marching squares cuts it into these pieces (the four corner triangles, then
-# the four quarters of the central diamond, each toward one corner), all counter-clockwise in
-# (u, v); a label's cross-section on the square is a union of them (``_REGION``).
-_PIECES = np.array([
-    [(0, 0), (.5, 0), (0, .5)], [(1, 0), (1, .5), (.5, 0)], [(0, 1), (0, .5), (.5, 1)], [(1, 1), (.5, 1), (1, .5)],
-    [(.5, .5), (0, .5), (.5, 0)], [(.5, .5), (.5, 0), (1, .5)], [(.5, .5), (.5, 1), (0, .5)],
-    [(.5, .5), (1, .5), (.5, 1)]])
-
-
-def _region_bits(inside: int) -> int:
-    """Pieces inside a label holding the corners of bitmask ``inside``. Its own corners' triangles;
-    the diamond's quarters toward them for two adjacent corners, all four for three or more, and
-    for two diagonal ones, which marching cubes joins (zmesh does, for a label holding exactly a
-    face's two diagonal corners)."""
-    n = bin(inside).count("1")
-    quarters = 0b1111 if n >= 3 or inside in (0b1001, 0b0110) else (inside if n == 2 else 0)
-    return inside | quarters << 4
-
-
-_REGION = [_region_bits(i) for i in range(16)]
-# The diamond's quarters as a patch adds them: without the centre vertex wherever they make a
-# half or the whole diamond (the other side's contour crosses there in one straight edge, which a
-# vertex at the centre would split), counter-clockwise like ``_PIECES``.
-_MIDS = {"b": (.5, 0), "r": (1, .5), "t": (.5, 1), "l": (0, .5)}
-_QUARTER_TRIANGLES = {0b1111: ("brt", "btl"), 0b0011: ("lbr",), 0b1100: ("rtl",), 0b0101: ("tlb",), 0b1010: ("brt",)}
-
-
-def _patch_triangles(bits: int) -> np.ndarray:
-    """(n, 3, 2) triangles in (u, v) covering the pieces ``bits``."""
-    tris = [_PIECES[p] for p in range(4) if bits >> p & 1]
-    quarters = bits >> 4
-    if quarters in _QUARTER_TRIANGLES:
-        tris += [np.array([_MIDS[m] for m in tri]) for tri in _QUARTER_TRIANGLES[quarters]]
-    else:
-        tris += [_PIECES[4 + q] for q in range(4) if quarters >> q & 1]
-    return np.array(tris, dtype=np.float64)
-
-
-def _square_patches(mine: tuple[int, ...], theirs: tuple[int, ...]) -> list[tuple[int, int, int]]:
-    """``(owner, pieces, lid)`` to add on one square so both sides' cross-sections agree.
-
-    Corners are grouped into objects (linked by a shared label on either side); per object the
-    pieces inside on one side only are open, with the lid facing away from the side holding them
-    (+1: this chunk's, below). Objects one side does not see at all on some corner are left to the
-    caps; objects whose labels overlap on a side (two crossing diagonals) are ambiguous, left too.
-    """
-    groups: list[set[int]] = []
-    for k in range(4):
-        if mine[k] == 0 and theirs[k] == 0:
-            continue
-        hit = [g for g in groups if any((mine[k] and mine[k] == mine[o]) or (theirs[k] and theirs[k] == theirs[o])
-                                        for o in g)]
-        merged = {k}.union(*hit)
-        groups = [g for g in groups if g not in hit] + [merged]
-    out = []
-    for group in groups:
-        if any((mine[k] == 0) != (theirs[k] == 0) for k in group):
-            continue
-        sides = []
-        for labels in (mine, theirs):
-            bits = 0
-            for label in sorted({labels[k] for k in group}):
-                region = _REGION[sum(1 << k for k in range(4) if labels[k] == label)]
-                if bits & region:
-                    break
-                bits |= region
-            else:
-                sides.append(bits)
-        if len(sides) < 2 or sides[0] == sides[1]:
-            continue
-        owner = min(mine[k] for k in group)
-        below, above = sides[0] & ~sides[1], sides[1] & ~sides[0]
-        out += [(owner, bits, lid) for bits, lid in ((below, 1), (above, -1)) if bits]
-    return out
-
-
 def _square(plane: np.ndarray, i: int, j: int) -> tuple[int, ...]:
-    """The labels of square (i, j)'s corners, in ``_PIECES``' corner order."""
+    """The labels of square (i, j)'s corners, in ``PIECES``' corner order."""
     return tuple(int(x) for x in (plane[i, j], plane[i + 1, j], plane[i, j + 1], plane[i + 1, j + 1]))
 
 
 def _corners(plane: np.ndarray) -> list[np.ndarray]:
-    """Every square's corners at once, in ``_PIECES``' corner order."""
+    """Every square's corners at once, in ``PIECES``' corner order."""
     return [plane[:-1, :-1], plane[1:, :-1], plane[:-1, 1:], plane[1:, 1:]]
 
 
@@ -217,8 +141,8 @@ def seam_patches(labels: np.ndarray, neighbours: dict[int, np.ndarray], resoluti
         b, c = [a for a in range(3) if a != axis]
         mine, theirs = np.take(labels, -1, axis=axis), neighbours[axis]
         for i, j in zip(*np.nonzero(_differs(mine, theirs))):
-            for owner, bits, lid in _square_patches(_square(mine, i, j), _square(theirs, i, j)):
-                tris = _patch_triangles(bits)
+            for owner, bits, lid in square_patches(_square(mine, i, j), _square(theirs, i, j)):
+                tris = patch_triangles(bits)
                 vertices = np.zeros((3 * len(tris), 3))
                 vertices[:, axis] = (labels.shape[axis] - 1) * res[axis]
                 vertices[:, b] = (i + tris[:, :, 0].ravel()) * res[b]

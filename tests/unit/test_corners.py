@@ -2,22 +2,22 @@
 
 import numpy as np
 
-from raymesh.corners import ChunkView, _residual, corner_drops, corner_pairs, corner_patches
-from raymesh.l2 import _REGION
+from raymesh.corners import ChunkView, corner_drops, corner_pairs, corner_patches
+from raymesh.squares import REGION, square_residual
 
 
 def test_a_square_covered_once_from_each_side_is_closed_and_once_from_one_side_open():
     full = (5, 5, 5, 5)
-    assert _residual([(full, -1), (full, 1)], []) == []
-    ((group, bits, lid),) = _residual([(full, -1)], [])
-    assert group == (0, 1, 2, 3) and bits == _REGION[0b1111] and lid == -1, "held above: lid down"
-    ((_, bits, lid),) = _residual([((5, 0, 0, 0), 1), ((0, 0, 0, 0), -1)], [])
-    assert bits == _REGION[0b0001] and lid == 1
+    assert square_residual([(full, -1), (full, 1)], []) == []
+    ((group, bits, lid),) = square_residual([(full, -1)], [])
+    assert group == (0, 1, 2, 3) and bits == REGION[0b1111] and lid == -1, "held above: lid down"
+    ((_, bits, lid),) = square_residual([((5, 0, 0, 0), 1), ((0, 0, 0, 0), -1)], [])
+    assert bits == REGION[0b0001] and lid == 1
     # A flat piece on the face closes what one side leaves open.
-    assert _residual([((5, 0, 0, 0), 1)], [((0,), _REGION[0b0001], 1)]) == []
+    assert square_residual([((5, 0, 0, 0), 1)], [((0,), REGION[0b0001], 1)]) == []
     # Two objects on one square are closed or open each on its own.
-    out = _residual([((5, 0, 0, 0), 1), ((0, 0, 0, 6), 1), ((0, 0, 0, 6), -1)], [])
-    assert out == [((0,), _REGION[0b0001], 1)]
+    out = square_residual([((5, 0, 0, 0), 1), ((0, 0, 0, 6), 1), ((0, 0, 0, 6), -1)], [])
+    assert out == [((0,), REGION[0b0001], 1)]
 
 
 def _edge_line_views():
