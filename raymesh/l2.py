@@ -202,41 +202,49 @@ def read_l2_block(meta, grid: MeshGrid, coords) -> np.ndarray:
     return read_block(meta.segmentation_path, grid.mip, start, end)
 
 
-def upper_plane(seg: np.ndarray, hood: Neighbourhood, axis: int, dust_threshold: int | None = None) -> np.ndarray:
-    """The first plane on ``axis`` of an upper neighbour's block (``seg``, its supervoxels) as
-    that neighbour's meshes cut it: its own remap, exact where a view from the chunk below is
-    not (on the plane's last row and column the neighbour resolves placeholders by components
+def upper_plane(labels: np.ndarray, seg: np.ndarray, hood: Neighbourhood, axis: int) -> np.ndarray:
+    """The first plane on ``axis`` of an upper neighbour's block as that neighbour's meshes cut it:
+    its own remap (``labels``, of its supervoxels ``seg``), exact where a view from the chunk below
+    is not (on the plane's last row and column the neighbour resolves placeholders by components
     that run through its whole overlap). Voxels it leaves out there (nodes of the chunks beside
     it that it does not link) keep their own layer-2 ids: their chunk's cap meshes them on this
     plane (``cap_meshes``), as if the neighbour had."""
-    theirs = np.take(remap_chunk(seg, hood, dust_threshold=dust_threshold), 0, axis=axis)
+    theirs = np.take(labels, 0, axis=axis)
     beside = relabel(np.asarray(np.take(seg, 0, axis=axis), dtype=np.uint64),
                      {int(sv): node for node, svs in hood.others.items() for sv in svs.tolist()})
     return np.where(theirs == 0, beside, theirs)
 
 
 def neighbour_planes(meta, grid: MeshGrid, labels: np.ndarray, upper: list[tuple[int, list[int], Neighbourhood]],
-                     dust_threshold: int | None = None) -> dict[int, np.ndarray]:
+                     dust_threshold: int | None = None) -> tuple[dict[int, np.ndarray], dict[tuple[int, ...], np.ndarray]]:
     """``upper_plane`` of each upper neighbour (``remap.fetch_with_upper``), skipped where this
-    chunk has nothing on the plane: no patch is possible there."""
-    out = {}
+    chunk has nothing on the plane (no patch is possible there), and the neighbours' remapped
+    blocks it read, by coords (``corner_views`` reuses them)."""
+    planes, remapped = {}, {}
     for axis, up, hood in upper:
         if labels.shape[axis] <= int(grid.block_shape(2)[axis]) or not np.take(labels, -1, axis=axis).any():
             continue
-        out[axis] = upper_plane(read_l2_block(meta, grid, up), hood, axis, dust_threshold)
-    return out
+        seg = read_l2_block(meta, grid, up)
+        remapped[tuple(up)] = remap_chunk(seg, hood, dust_threshold=dust_threshold)
+        planes[axis] = upper_plane(remapped[tuple(up)], seg, hood, axis)
+    return planes, remapped
 
 
-def _views(store, grid: MeshGrid, hoods: dict[tuple[int, ...], Neighbourhood], dust_threshold) -> dict:
-    """``corners.ChunkView`` of each chunk, from its neighbourhood and its own block."""
-    return {c: ChunkView(remap_chunk(read_l2_block(store.meta, grid, c), h, dust_threshold=dust_threshold),
-                         uncovered_by_lower(h)) for c, h in hoods.items()}
+def _views(store, grid: MeshGrid, hoods: dict[tuple[int, ...], Neighbourhood], remapped, dust_threshold) -> dict:
+    """``corners.ChunkView`` of each chunk, from its neighbourhood and its own block (remapped
+    here unless ``remapped`` already holds it)."""
+    def labels(c, h):
+        if c in remapped:
+            return remapped[c]
+        return remap_chunk(read_l2_block(store.meta, grid, c), h, dust_threshold=dust_threshold)
+    return {c: ChunkView(labels(c, h), uncovered_by_lower(h)) for c, h in hoods.items()}
 
 
 def corner_views(store, grid: MeshGrid, coords, view: ChunkView, known: dict[tuple[int, ...], Neighbourhood],
-                 time_stamp=None, dust_threshold=None) -> tuple[list[tuple[int, int]], dict]:
+                 time_stamp=None, dust_threshold=None, remapped=None) -> tuple[list[tuple[int, int]], dict]:
     """The corner-column pairs of a chunk (``corners.corner_pairs``) and the views of the chunks
-    around each edge line, read in one more batch only where a pair needs them."""
+    around each edge line, read in one more batch only where a pair needs them (neighbourhoods
+    in ``known`` and blocks in ``remapped`` are not read again)."""
     layout = grid.layout
     bounds = layout.layer_chunk_bounds(2)
     pairs = [(a, b) for a, b in corner_pairs(view, grid.block_shape(2))
@@ -247,7 +255,7 @@ def corner_views(store, grid: MeshGrid, coords, view: ChunkView, known: dict[tup
     missing = [c for c in needed if c not in known]
     hoods = {**{c: known[c] for c in needed if c in known},
              **dict(zip(missing, fetch_neighbourhoods(store, missing, time_stamp=time_stamp) if missing else []))}
-    views = _views(store, grid, hoods, dust_threshold)
+    views = _views(store, grid, hoods, remapped or {}, dust_threshold)
     return pairs, {k: {(a, b): views[pair_chunks(coords, a, b)[k]] for a, b in pairs} for k in ("P", "M", "U")}
 
 
@@ -262,14 +270,14 @@ def mesh_l2_chunk(store, grid: MeshGrid, coords, *, time_stamp=None, max_error: 
     seg = read_l2_block(store.meta, grid, coords)
     labels = remap_chunk(seg, hood, dust_threshold=dust_threshold)
     view = ChunkView(labels, uncovered_by_lower(hood))
+    planes, remapped = neighbour_planes(store.meta, grid, labels, upper, dust_threshold)
     known = {tuple(up): h for _, up, h in upper}
-    pairs, views = corner_views(store, grid, coords, view, known, time_stamp, dust_threshold)
+    pairs, views = corner_views(store, grid, coords, view, known, time_stamp, dust_threshold, remapped)
     caps = cap_meshes(labels, view.uncovered, grid.resolution, max_error, drops=corner_drops(view, pairs, views))
     if pairs:
-        above_p = {a: upper_plane(seg, hood, a, dust_threshold) for a in sorted({a for a, _ in pairs})}
+        above_p = {a: upper_plane(labels, seg, hood, a) for a in sorted({a for a, _ in pairs})}
         for label, pieces in corner_patches(view, pairs, views, above_p, grid.resolution).items():
             caps.setdefault(label, []).extend(pieces)
-    planes = neighbour_planes(store.meta, grid, labels, upper, dust_threshold)
     patches = seam_patches(labels, planes, grid.resolution)
     result = mesh_block(labels, grid.chunk_offset(chunk_id), grid.resolution, grid.chunk_settings(chunk_id),
                         max_error=max_error, chunk_id=chunk_id, caps=caps, patches=patches)

@@ -33,12 +33,13 @@ def assert_matches_direct_zmesh(job, coords) -> int:
     hood, upper = fetch_with_upper(job.store, coords, job.time_stamp)
     labels = remap_chunk(seg, hood)
     uncovered = uncovered_by_lower(hood)
-    planes = neighbour_planes(job.meta, grid, labels, upper)
+    planes, remapped = neighbour_planes(job.meta, grid, labels, upper)
     patched = set(seam_patches(labels, planes, grid.resolution))
     view = ChunkView(labels, uncovered)
-    pairs, views = corner_views(job.store, grid, tuple(coords), view, {tuple(up): h for _, up, h in upper}, job.time_stamp)
+    pairs, views = corner_views(job.store, grid, tuple(coords), view, {tuple(up): h for _, up, h in upper}, job.time_stamp,
+                                 remapped=remapped)
     if pairs:
-        above = {a: upper_plane(seg, hood, a) for a, _ in pairs}
+        above = {a: upper_plane(labels, seg, hood, a) for a, _ in pairs}
         patched |= set(corner_patches(view, pairs, views, above, grid.resolution))
     mesher = zmesh.Mesher(grid.resolution)
     mesher.mesh(labels)

@@ -230,9 +230,10 @@ def test_saddle_on_a_planes_last_row_is_decided_by_the_upper_neighbours_links(li
     linked, the chunk beside meshes its voxel alone (its cap), so the square is apart above (a
     patch: the diamond, lid up)."""
     from raymesh.l2 import seam_patches, upper_plane
+    from raymesh.remap import remap_chunk
 
     seg, hood, labels = _upper_block(linked)
-    plane = upper_plane(seg, hood, axis=2)
+    plane = upper_plane(remap_chunk(seg, hood), seg, hood, axis=2)
     assert plane[2, 3] == 21 and plane[0, 0] == 22
     assert plane[3, 4] == (21 if linked else 31)
     patches = seam_patches(labels, {2: plane}, np.array([8.0, 8.0, 40.0]))
@@ -253,15 +254,16 @@ def test_a_placeholder_beside_goes_where_its_component_reaches_in_the_neighbour(
     node 22, four planes up, with nothing behind it on the shared plane. The plane alone cannot
     tell; the neighbour's own remap of its block can."""
     from raymesh.l2 import upper_plane
+    from raymesh.remap import remap_chunk
 
     seg, hood, _ = _upper_block(True)
     hood.ancestor[22] = 901  # 21 and 22 both candidates for 31
     seg[3, 4, :4] = 3001  # 31's voxels beside the neighbour, up to z = 3
     seg[3, 3, 3] = 2002  # node 22 just inside, next to the component's top
-    assert upper_plane(seg, hood, axis=2)[3, 4] == 22
+    assert upper_plane(remap_chunk(seg, hood), seg, hood, axis=2)[3, 4] == 22
     seg[3, 3, 3] = 0
     seg[3, 3, 0] = 2001  # now only node 21 lies behind it, on the plane itself
-    assert upper_plane(seg, hood, axis=2)[3, 4] == 21
+    assert upper_plane(remap_chunk(seg, hood), seg, hood, axis=2)[3, 4] == 21
 
 
 def test_a_chunk_and_its_upper_neighbours_share_one_batch_of_graph_reads(graph):
