@@ -89,16 +89,20 @@ def cmd_mesh(args) -> int:
                   f"{layer.cache_reads} from the object store; "
                   f"{layer.missing} layer-2 descendants without a mesh; {layer.unstitched} nodes left to their "
                   f"children's meshes (over the node limit, or above such a node)")
+        for why in layer.redone:
+            print(f"  redone: {why}")
         for failure in layer.failures:
             print(f"  failed: {failure}")
-    print(f"meshes: {summary.mesh_path}")
+    if summary.not_run:
+        print(f"layers {summary.not_run} not run: a layer below had failures. Fix them and rerun the same "
+              "command; it redoes exactly the failed chunks and carries on")
     print(summary.graph_meta)
     text = summary.to_json()
     print(text)
     if args.summary_json:
         with open(args.summary_json, "w") as f:
             f.write(text)
-    return 1 if any(layer.failures for layer in summary.layers) else 0
+    return 1 if summary.failed else 0
 
 
 def cmd_info(args) -> int:

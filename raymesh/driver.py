@@ -23,15 +23,21 @@ def make_executor(config: MeshConfig) -> Executor:
 
 
 def run(config: MeshConfig, executor: Executor | None = None, progress: bool = True) -> RunSummary:
-    """Run a meshing job to completion. The Python API for notebooks (also over Ray Client)."""
+    """Run a meshing job to completion. The Python API for notebooks (also over Ray Client).
+
+    A layer with failures ends the run there: stitching on top of it would make parents that
+    miss part of their object and look done. ``RunSummary.failed`` says so; a plain rerun redoes
+    exactly the failed chunks (their failure records) and carries on.
+    """
     job = MeshJob(config)
     job.validate()
+    job.begin()
     own_executor = executor is None
-    executor = executor or make_executor(config)
+    executor = executor or make_executor(job.config)
     summary = RunSummary(graph=config.graph, mesh_path=job.mesh_url)
     t_job = time.perf_counter()
     try:
-        for layer in config.layers:
+        for i, layer in enumerate(job.config.layers):
             t0 = time.perf_counter()
             layer_summary = LayerSummary(layer)
             total = job.count_chunks(layer)
@@ -41,14 +47,31 @@ def run(config: MeshConfig, executor: Executor | None = None, progress: bool = T
                 bar.update(1)
             bar.close()
             layer_summary.seconds = round(time.perf_counter() - t0, 3)
+            gap = coverage_gap(layer_summary)
+            if gap:
+                layer_summary.failures.append(gap)
             summary.layers.append(layer_summary)
-            summary.graph_meta = job.write_metadata(max_layer=layer)
+            if layer_summary.failures:
+                summary.not_run = job.config.layers[i + 1:]
+                break
+            summary.graph_meta = job.write_metadata(layer)
     finally:
         executor.end_job()
         if own_executor:
             executor.shutdown()
     summary.seconds = round(time.perf_counter() - t_job, 3)
     return summary
+
+
+def coverage_gap(layer: LayerSummary) -> str | None:
+    """A layer that meshed nodes but wrote not one fragment (checked from the counts its chunks
+    report): whatever the cause, it is not a finished layer."""
+    done = layer.chunks - layer.chunks_skipped
+    meshable = layer.nodes - layer.unstitched
+    if done and meshable > 0 and layer.fragments == 0:
+        return (f"layer {layer.layer}: {done} chunks with {meshable} nodes to mesh and not one mesh written; "
+                "the segmentation or the child shards hold nothing these nodes can be meshed from")
+    return None
 
 
 def _progress(total: int, desc: str, enabled: bool):

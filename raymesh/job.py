@@ -20,12 +20,13 @@ from raymesh.draco import MeshGrid
 from raymesh.errors import ConfigError
 from raymesh.graph import open_store
 from raymesh.graph.base import read_ms, to_datetime, utcnow
-from raymesh.mesh_layout import default_sharding, mesh_info, mesh_metadata, shard_key
+from raymesh.mesh_layout import RUN_RECORD, default_sharding, failed_key, mesh_info, mesh_metadata, shard_key
 from raymesh.placement import TaskRequest, l2_request, layer_resources, stitch_request, stitch_work
-from raymesh.sharding import ShardingSpec, synthesize_shard
+from raymesh.sharding import ShardError, ShardingSpec, check_shard, synthesize_shard
 from raymesh.storage import Bucket, RangeError, join
 
 if TYPE_CHECKING:
+    from raymesh.runs.record import RunRecord
     from raymesh.stitch import StitchPlan
 
 
@@ -46,6 +47,7 @@ class ChunkStats:
     missing: int = 0  # descendants without a fragment in an existing child shard
     unstitched: list[int] = field(default_factory=list)  # nodes left to their children's meshes
     parts: int = 1  # tasks the chunk's nodes were split over (stitching, past the memory budget)
+    redone: str = ""  # why a chunk a previous run wrote was done again (it failed, its shard is unsound)
 
 
 @dataclass
@@ -64,9 +66,12 @@ class LayerSummary:
     missing: int = 0
     unstitched: int = 0  # nodes over the node limit (or above one), left to their children's meshes
     chunks_split: int = 0  # chunks whose nodes were split over several tasks
+    redone: list[str] = field(default_factory=list)  # chunks of earlier runs done again, and why
 
     def add(self, s: ChunkStats) -> None:
         self.chunks += 1
+        if s.redone:
+            self.redone.append(f"chunk {s.chunk}: {s.redone}")
         self.chunks_skipped += int(s.skipped)
         self.nodes += s.nodes
         self.fragments += s.fragments
@@ -87,6 +92,11 @@ class RunSummary:
     layers: list[LayerSummary] = field(default_factory=list)
     seconds: float = 0.0
     graph_meta: str = ""  # what happened to the graph's custom_data["mesh"]
+    not_run: list[int] = field(default_factory=list)  # layers left out because one below failed
+
+    @property
+    def failed(self) -> bool:
+        return any(layer.failures for layer in self.layers) or bool(self.not_run)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -103,6 +113,7 @@ class ChunkOutput:
     split: list | None = None  # the chunk was not stitched: its plan in parts (StitchPlan each)
 
 
+NOT_WRITTEN = "not written yet"
 SPOOL_BYTES = 2**20  # finished fragments held in memory before spilling to a temporary file
 
 
@@ -145,6 +156,7 @@ class MeshJob:
         # A context-manager factory every graph read goes through (the Ray runtime's cluster-wide
         # cap on concurrent reads); None: no cap.
         self.read_gate = read_gate
+        self.record: RunRecord | None = None  # what the mesh dir holds (``begin``)
 
     def __reduce__(self):
         return (_restore_job, (self.config, self.time_stamp.timestamp(), self.read_gate))
@@ -257,14 +269,62 @@ class MeshJob:
         layer, coords = item
         t0 = time.perf_counter()
         key = self.shard_path(layer, coords)
-        if not self.config.force and self.bucket.exists(key):
+        redo = "" if self.config.force else self.chunk_state(layer, coords)
+        if redo is None:
             return self._resumed(layer, coords, key, keep_shard)
         if layer > 2:
             out = self.stitch_chunk(layer, coords, shards=shards, keep_shard=keep_shard, split=split)
         else:
             out = self._mesh_l2(coords, keep_shard)
         out.stats.seconds = time.perf_counter() - t0
+        out.stats.redone = "" if redo == NOT_WRITTEN else redo
         return out
+
+    def chunk_state(self, layer: int, coords) -> str | None:
+        """None when a previous run wrote the chunk whole and without failures; else why it must be
+        (re)done. Costs a rerun two ranged reads per finished chunk (``sharding.check_shard``:
+        the indices, no fragment) and one for its failure record."""
+        key = self.shard_path(layer, coords)
+
+        def read(start: int, stop: int) -> bytes | None:
+            try:
+                return self.bucket.read_range(key, start, stop)
+            except RangeError:
+                return b""  # past the end of the file: a short read
+
+        try:
+            count = check_shard(read, self.sharding(layer))
+        except ShardError as exc:
+            return f"its shard {key} is truncated or corrupt ({exc})"
+        if count is None:
+            return NOT_WRITTEN
+        record = self.bucket.read(self.failed_path(layer, coords))
+        if record is not None:
+            return "it failed in an earlier run: " + "; ".join(_failures_in(record))
+        return None
+
+    def failed_path(self, layer: int, coords) -> str:
+        layout = self.meta.layout
+        return failed_key(layout, layer, int(layout.chunk_id(layer, *coords)))
+
+    def record_outcome(self, layer: int, coords, failures: list[str]) -> None:
+        """A chunk with failures keeps a record beside its shard, written before the shard, so a
+        plain rerun does it again; a chunk done without failures loses its record after its shard
+        is written. Killed in between, the chunk is done again: never a gap marked done."""
+        key = self.failed_path(layer, coords)
+        if failures:
+            self.bucket.write(key, json.dumps({"layer": int(layer), "chunk": [int(c) for c in coords],
+                                               "failures": failures}, indent=1).encode())
+        else:
+            self.bucket.delete(key)  # one request, whether or not there is a record
+
+    def mark_failed(self, node: int, why: str) -> None:
+        """Record a failure on the chunk holding ``node``'s fragment (a corrupt fragment found by
+        the layer above), so a plain rerun of that layer redoes it."""
+        layout = self.meta.layout
+        layer = int(layout.get_chunk_layer(node))
+        coords = [int(c) for c in layout.get_chunk_coordinates(node)]
+        self.record_outcome(layer, coords, [why])
 
     def _mesh_l2(self, coords, keep_shard: bool) -> ChunkOutput:
         from raymesh.l2 import mesh_l2_chunk
@@ -272,7 +332,11 @@ class MeshJob:
         result = mesh_l2_chunk(self.store, self.grid, coords, time_stamp=self.time_stamp,
                                max_error=self.config.max_error, dust_threshold=self.config.dust_threshold)
         data = synthesize_shard(result.fragments, self.sharding(2))
+        if result.failures:
+            self.record_outcome(2, coords, result.failures)
         self.bucket.write(self.shard_path(2, coords), data)
+        if not result.failures:
+            self.record_outcome(2, coords, [])
         stats = ChunkStats(2, tuple(coords), nodes=result.n_nodes, fragments=len(result.fragments),
                            bytes_written=len(data), failures=result.failures, shard_bytes=len(data))
         return self._output(stats, data, list(result.fragments), keep_shard)
@@ -444,6 +508,9 @@ class MeshJob:
                 stats.unstitched.append(result.node)
             elif result.failure:
                 stats.failures.append(result.failure)
+                if result.bad_child:
+                    self.mark_failed(result.bad_child, f"the fragment of node {result.bad_child} did not decode "
+                                     f"when layer {plan.layer} chunk {list(coords)} was stitched")
             else:
                 sink.add(result.node, result.data)
         stats.cache_reads = len(cache_hits)
@@ -460,6 +527,8 @@ class MeshJob:
 
     def _write_shard(self, builder, stats: ChunkStats, layer: int, coords, keep_shard: bool) -> ChunkOutput:
         key = self.shard_path(layer, coords)
+        if stats.failures:
+            self.record_outcome(layer, coords, stats.failures)
         stats.fragments = len(builder)
         if keep_shard and builder.data_bytes > stitch_work(self.config.memory_budget) // 2:
             # Handing the shard to the caches means assembling it in this task's memory; past half
@@ -473,6 +542,8 @@ class MeshJob:
             data = None
             stats.bytes_written = self.bucket.write_pieces(key, builder.pieces())
         stats.shard_bytes = stats.bytes_written
+        if not stats.failures:
+            self.record_outcome(layer, coords, [])
         return self._output(stats, data, list(builder.keys), keep_shard)
 
     def _cached_reader(self, shards: dict[int, np.ndarray], hits: set[int]):
@@ -494,32 +565,82 @@ class MeshJob:
 
         return FragmentReader(self.meta.layout, self.sharding, open_shard)
 
-    # ---- metadata -----------------------------------------------------------------------------
-    def write_metadata(self, max_layer: int) -> str:
-        """Mesh info, the segmentation's mesh + mesh_metadata, and the graph's custom_data mesh.
+    # ---- the run record and metadata ---------------------------------------------------------
+    def begin(self) -> "RunRecord":
+        """Pin this run to what its mesh dir already holds, before any chunk runs.
+
+        A mesh dir's meshes all show one graph state made one way: a later run (resumed, partial,
+        layer by layer) meshes at the recorded time stamp with the recorded mip and max_error
+        unless told otherwise, and one told otherwise is refused rather than mixing two kinds of
+        meshes. A new mesh dir gets its record (and mesh info) now, so an interrupted first run
+        resumes at the same time stamp.
+        """
+        from raymesh.runs.record import RecordError, RunRecord
+
+        data = self.bucket.read(RUN_RECORD)
+        try:
+            record = RunRecord.from_bytes(data, self.mesh_url + RUN_RECORD) if data is not None else None
+        except RecordError as exc:
+            raise ConfigError(str(exc)) from None
+        settings = self.meta.mesh_settings()
+        if record is None and settings.get("dir") == self.config.mesh_dir:
+            record = RunRecord.from_graph_settings(settings)
+        given = self.config.model_fields_set
+        if record is not None:
+            clashes = record.clashes(mip=self.config.mip if "mip" in given else None,
+                                     max_error=self.config.max_error if "max_error" in given else None,
+                                     time_stamp=self.config.time_stamp if "time_stamp" in given else None)
+            if clashes:
+                raise ConfigError(
+                    f"the mesh dir {self.mesh_url} holds meshes made otherwise; this run asks for "
+                    + "; ".join(clashes) + f". Mesh into another --mesh-dir, or delete {self.mesh_url} to start over")
+            self.config = self.config.model_copy(update={"mip": record.mip, "max_error": record.max_error,
+                                                         "time_stamp": record.time_stamp})
+            self.time_stamp = to_datetime(record.time_stamp)
+            for name in ("mip", "grid"):
+                self.__dict__.pop(name, None)
+        else:
+            record = RunRecord(time_stamp=self.time_stamp.timestamp(), mip=self.mip,
+                               max_error=float(self.config.max_error))
+        if data is None or RunRecord.from_bytes(data, RUN_RECORD) != record:
+            self.bucket.write(RUN_RECORD, record.to_bytes())
+        shardings = {layer: self.sharding(layer) for layer in range(2, self.meta.layer_count + 1)}
+        info = json.dumps(mesh_info(self.meta, self.mip, shardings, self.grid.distortion), indent=2).encode()
+        if self.bucket.read("info") != info:
+            self.bucket.write("info", info)
+        self.record = record
+        return record
+
+    def write_metadata(self, layer: int) -> str:
+        """After ``layer`` completed without failures: the run record, the segmentation's
+        ``mesh``/``mesh_metadata`` and the graph's ``custom_data['mesh']``, each written only when
+        it changes. ``max_layer`` only goes up and ``initial_ts`` stays the record's.
 
         Returns what happened to the graph meta: a PCG table is shared with proofreading, so
         there it is a dry run unless ``graph_meta: write`` asks for it."""
+        record = self.record or self.begin()
+        if layer > record.max_layer:
+            record.max_layer = int(layer)
+            self.bucket.write(RUN_RECORD, record.to_bytes())
         grid = self.grid
-        shardings = {layer: self.sharding(layer) for layer in range(2, self.meta.layer_count + 1)}
-        self.bucket.write("info", json.dumps(mesh_info(self.meta, self.mip, shardings, grid.distortion),
-                                             indent=2).encode())
-        uniform = grid.uniform_grid_size(max_layer)
+        uniform = grid.uniform_grid_size(record.max_layer)
         per_layer = {}
         if uniform is None:
             settings = grid.chunk_settings(int(self.meta.layout.chunk_id(2, 0, 0, 0)))
             per_layer[2] = settings.bin
         ws = Bucket(self.meta.segmentation_path)
         info = json.loads(ws.read("info"))
-        info["mesh"] = self.config.mesh_dir
-        info["mesh_metadata"] = mesh_metadata(uniform, per_layer, max_layer)
-        ws.write("info", json.dumps(info, indent=2).encode())
+        updated = {**info, "mesh": self.config.mesh_dir,
+                   "mesh_metadata": mesh_metadata(uniform, per_layer, record.max_layer)}
+        if updated != info:
+            ws.write("info", json.dumps(updated, indent=2).encode())
         meta = self.store.meta
         before = meta.custom_data.get("mesh")
-        after = {
-            "max_layer": int(max_layer), "mip": int(self.mip), "max_error": float(self.config.max_error),
-            "dir": self.config.mesh_dir, "initial_ts": read_ms(self.time_stamp) / 1000 + 0.001,
-        }
+        after = {**(before if isinstance(before, dict) and before.get("dir") == self.config.mesh_dir else {}),
+                 "max_layer": int(record.max_layer), "mip": int(record.mip), "max_error": float(record.max_error),
+                 "dir": self.config.mesh_dir, "initial_ts": record.initial_ts}
+        if after == before:
+            return "graph meta unchanged: custom_data['mesh'] already records these meshes"
         mode = self.config.graph_meta
         if mode == "auto":
             mode = "dry-run" if self.config.graph.startswith("bigtable://") else "write"
@@ -532,6 +653,13 @@ class MeshJob:
         meta.custom_data["mesh"] = after
         self.store.update_meta(meta)
         return f"graph meta: wrote {change}"
+
+
+def _failures_in(record: bytes) -> list[str]:
+    try:
+        return [str(f) for f in json.loads(record).get("failures", [])] or ["(no reason recorded)"]
+    except (ValueError, AttributeError):
+        return ["(its failure record is unreadable)"]
 
 
 def _restore_job(config: MeshConfig, ts: float, read_gate=None) -> MeshJob:

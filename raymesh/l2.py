@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import fastremap
 import numpy as np
 import zmesh
 
@@ -202,6 +203,37 @@ def read_l2_block(meta, grid: MeshGrid, coords) -> np.ndarray:
     return read_block(meta.segmentation_path, grid.mip, start, end)
 
 
+def block_mismatch(seg: np.ndarray, hood: Neighbourhood, chunk_shape) -> str | None:
+    """Why a chunk's block cannot be the segmentation its graph was built from, or None.
+
+    The chunk itself (its block without the overlap) must hold some supervoxel of the nodes the
+    graph puts in the chunk, and none the graph does not know there. A segmentation that reads
+    as background (chunk files the reader cannot find), a moved or rewritten one, or another
+    graph's would otherwise mesh to nothing, silently.
+    """
+    core = seg[tuple(slice(0, int(n)) for n in chunk_shape)]
+    present = fastremap.unique(core)
+    present = present[present != 0]
+    known = np.concatenate([np.asarray(v, dtype=np.uint64) for v in hood.own.values()]) if hood.own else \
+        np.empty(0, dtype=np.uint64)
+    if len(known) and not np.isin(known, present).any():
+        seen = "only background" if not len(present) else f"only other supervoxels (e.g. {int(present[0])})"
+        return (f"the segmentation holds none of the {len(known)} supervoxels the graph puts in this chunk, "
+                f"{seen}")
+    unknown = present[~np.isin(present, known)]
+    if len(unknown):
+        return (f"the segmentation holds {len(unknown)} supervoxel(s) the graph does not have in this chunk "
+                f"(e.g. {int(unknown[0])})")
+    return None
+
+
+def _mismatch_failure(meta, grid: MeshGrid, coords, why: str) -> str:
+    return (f"layer-2 chunk {list(coords)}: {why}; segmentation {meta.segmentation_path} at mip {grid.mip}. "
+            "Likely causes: chunk files the reader does not find (they read as background), a segmentation "
+            "moved or rewritten since the graph was built (the graph's watershed path points elsewhere), "
+            "the wrong --mip, or a graph built from another segmentation")
+
+
 def upper_plane(labels: np.ndarray, seg: np.ndarray, hood: Neighbourhood, axis: int) -> np.ndarray:
     """The first plane on ``axis`` of an upper neighbour's block as that neighbour's meshes cut it:
     its own remap (``labels``, of its supervoxels ``seg``), exact where a view from the chunk below
@@ -268,6 +300,10 @@ def mesh_l2_chunk(store, grid: MeshGrid, coords, *, time_stamp=None, max_error: 
     chunk_id = int(layout.chunk_id(2, *coords))
     hood, upper = fetch_with_upper(store, coords, time_stamp=time_stamp)
     seg = read_l2_block(store.meta, grid, coords)
+    why = block_mismatch(seg, hood, grid.block_shape(2))
+    if why is not None:
+        return ChunkMeshes(chunk_id, 2, failures=[_mismatch_failure(store.meta, grid, coords, why)],
+                           n_nodes=len(hood.own))
     labels = remap_chunk(seg, hood, dust_threshold=dust_threshold)
     view = ChunkView(labels, uncovered_by_lower(hood))
     planes, remapped = neighbour_planes(store.meta, grid, labels, upper, dust_threshold)

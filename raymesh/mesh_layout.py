@@ -3,6 +3,11 @@
     <segmentation>/<mesh dir>/info
     <segmentation>/<mesh dir>/initial/<layer>/<chunk position>-0.shard
     <segmentation>/<mesh dir>/dynamic/<node>:0:<bbox>
+
+raymesh's own bookkeeping sits beside them, where no reader of PCG's format looks:
+
+    <segmentation>/<mesh dir>/raymesh_run.json                  what the mesh dir holds (run.py)
+    <segmentation>/<mesh dir>/raymesh_failed/<layer>/<pos>.json  a chunk whose last run failed
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from raymesh.sharding import ShardingSpec
 
 INITIAL = "initial"
 DYNAMIC = "dynamic"
+FAILED = "raymesh_failed"
+RUN_RECORD = "raymesh_run.json"
 
 
 def default_sharding(layer: int) -> ShardingSpec:
@@ -31,6 +38,11 @@ def default_sharding(layer: int) -> ShardingSpec:
 def shard_key(layout, layer: int, chunk_id: int) -> str:
     """Path of a chunk's shard below the mesh directory."""
     return f"{INITIAL}/{int(layer)}/{int(layout.chunk_position_number(chunk_id))}-0.shard"
+
+
+def failed_key(layout, layer: int, chunk_id: int) -> str:
+    """Path of a chunk's failure record below the mesh directory (present only while it failed)."""
+    return f"{FAILED}/{int(layer)}/{int(layout.chunk_position_number(chunk_id))}.json"
 
 
 def dynamic_name(layout, chunk_size, node_id: int) -> str:

@@ -223,6 +223,45 @@ def minishard_table(read: Callable[[int, int], bytes | None], minishard: int,
     return _parse_minishard(blob, spec)
 
 
+def check_shard(read: Callable[[int, int], bytes | None], spec: ShardingSpec) -> int | None:
+    """How many values a shard file holds, from its indices alone (no value is read): the shard
+    index is whole and ordered, every minishard index decodes, every value lies inside the file
+    and outside the minishard indices, and the file ends where its last index ends. None for a
+    missing file; ``ShardError`` for a truncated or corrupt one. ``read(start, stop)`` returns
+    fewer bytes past the end of the file. Three ranged reads at most: what a rerun pays to trust
+    a shard it finds."""
+    head = read(0, spec.index_bytes)
+    if head is None:
+        return None
+    if len(head) != spec.index_bytes:
+        raise ShardError(f"the file ({len(head)} bytes) is shorter than its shard index ({spec.index_bytes} bytes)")
+    entries = np.frombuffer(head, dtype="<u8").reshape(-1, 2)
+    if np.any(entries[:, 1] < entries[:, 0]):
+        raise ShardError(f"shard index entry {int(np.argmax(entries[:, 1] < entries[:, 0]))} ends before it starts")
+    used = entries[entries[:, 1] > entries[:, 0]]
+    hi = int(used[:, 1].max()) if len(used) else 0
+    if np.any(entries > np.uint64(hi)):
+        raise ShardError("the shard index points past the end of its minishard indices")
+    if read(spec.index_bytes + hi, spec.index_bytes + hi + 1):
+        raise ShardError(f"the file goes on past its last minishard index (byte {spec.index_bytes + hi})")
+    if not len(used):
+        return 0
+    lo = int(used[:, 0].min())
+    blob = read(spec.index_bytes + lo, spec.index_bytes + hi)
+    if blob is None or len(blob) != hi - lo:
+        raise ShardError(f"the file ends before its minishard indices do (byte {spec.index_bytes + hi})")
+    count = 0
+    for start, end in used.tolist():
+        table = _parse_minishard(blob[start - lo:end - lo], spec)
+        starts, stops = table[:, 1], table[:, 1] + table[:, 2]
+        inside = (starts >= spec.index_bytes) & (stops <= spec.index_bytes + hi)
+        clear = (stops <= spec.index_bytes + lo) | (starts >= spec.index_bytes + hi)
+        if not np.all(inside & clear):
+            raise ShardError("a minishard index points outside the shard's data")
+        count += len(table)
+    return count
+
+
 def locate(read: Callable[[int, int], bytes | None], key: int, spec: ShardingSpec) -> tuple[int, int] | None:
     """Absolute ``(start, size)`` of ``key`` inside its shard file, or None when absent."""
     m = int(spec.minishard_of(np.array([key]))[0])

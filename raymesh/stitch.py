@@ -258,7 +258,10 @@ def stitch_node(grid: MeshGrid, chunk_id: int, node: int, fragments: list[tuple[
     parts = []
     settings = None
     for desc, data in fragments:
-        frag = decode(data)
+        try:
+            frag = decode(data)
+        except DracoError as exc:
+            raise ChildFragmentError(desc, exc) from exc
         vertices, s = lift_fragment(grid, frag.vertices, frag.settings, desc, layer)
         settings = settings or s  # the first fragment's chain sets the output grid (7.4)
         parts.append((vertices, frag.faces))
@@ -278,6 +281,15 @@ class NodeResult:
     failure: str | None = None
     missing: int = 0  # layer-2 descendants without a fragment (tolerated, as PCG does)
     unstitched: str | None = None  # why the node keeps no mesh of its own (its children stand in)
+    bad_child: int | None = None  # the descendant whose fragment did not decode (its chunk must be redone)
+
+
+class ChildFragmentError(DracoError):
+    """A child's fragment that does not decode: the child's chunk is what must be redone."""
+
+    def __init__(self, child: int, exc: Exception):
+        super().__init__(str(exc))
+        self.child = int(child)
 
 
 def stitch_nodes(grid: MeshGrid, plan: StitchPlan, nodes: Iterable[int], reader: FragmentReader,
@@ -311,6 +323,13 @@ def stitch_nodes(grid: MeshGrid, plan: StitchPlan, nodes: Iterable[int], reader:
             continue
         try:
             yield NodeResult(node, stitch_node(grid, plan.chunk_id, node, frags), None, missing)
+        except ChildFragmentError as exc:
+            layer, coords = int(layout.get_chunk_layer(exc.child)), layout.get_chunk_coordinates(exc.child).tolist()
+            redo = " ".join(map(str, coords)) + " --chunk-end " + " ".join(str(c + 1) for c in coords)
+            yield NodeResult(node, None, f"{node}: the fragment of its descendant {exc.child} in layer {layer} chunk "
+                             f"{coords} does not decode ({exc}); that chunk is marked failed: redo it (a plain rerun "
+                             f"from layer {layer}, or `raymesh mesh --layer {layer} --chunk-start {redo} --force`), "
+                             f"then this one", missing, bad_child=exc.child)
         except DracoError as exc:
             yield NodeResult(node, None, f"{node} failed to merge: {exc}", missing)
 

@@ -43,6 +43,17 @@ def local_path(url: str) -> str | None:
     return url[len("file://") :].rstrip("/") if url.startswith("file://") else None
 
 
+def _read_umask() -> int:
+    """The process umask (reading it means setting it; done once, at import, before any thread
+    of ours writes files)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 @lru_cache(maxsize=64)
 def _kvstore(base: str) -> ts.KvStore:
     try:
@@ -104,6 +115,9 @@ class Bucket:
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(target))
         size = 0
         try:
+            # mkstemp makes the file 0600; give it the mode any new file gets (0644 under umask
+            # 022, as tensorstore's own writes do), or other users and file servers cannot read it.
+            os.fchmod(fd, 0o666 & ~_UMASK)
             with os.fdopen(fd, "wb") as f:
                 for piece in pieces:
                     f.write(piece)
@@ -116,7 +130,11 @@ class Bucket:
         return size
 
     def delete(self, key: str) -> None:
-        self._kv.delete(key).result()
+        """Remove one object; nothing happens when it does not exist."""
+        try:
+            self._kv.delete_range(ts.KvStore.KeyRange(key, key + "\x00")).result()
+        except Exception as exc:
+            raise StorageError(f"deleting {self.base}{key} failed: {exc}") from exc
 
     def list(self, prefix: str = "") -> list[str]:
         """Keys below the folder that start with ``prefix``, sorted."""
