@@ -47,8 +47,15 @@ def add_mesh_commands(sub) -> None:
                    help="seconds to wait for a node that fits a task (autoscaling clusters); default 0")
     p.add_argument("--executor", choices=["ray", "serial"])
     p.add_argument("--force", action="store_true", default=None, help="redo chunks already written")
+    p.add_argument("--repair", metavar="REPORT",
+                   help="redo exactly what a `raymesh verify --json` report names (chunks, edits' fragments, "
+                   "metadata), bottom layer first")
     p.add_argument("--summary-json", help="also write the run summary JSON to this file")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    from raymesh.verify.command import add_verify_command
+
+    add_verify_command(sub)
 
     i = sub.add_parser("info", help="print the graphene info a PCG server would serve for the graph")
     i.add_argument("--graph", required=True)
@@ -79,7 +86,17 @@ def config_from_args(args):
 def cmd_mesh(args) -> int:
     from raymesh.driver import run
 
-    summary = run(config_from_args(args), progress=not args.quiet)
+    if args.repair:
+        from raymesh.verify.command import repair
+
+        summary, left = repair(config_from_args(args), args.repair, progress=not args.quiet)
+        for why in left:
+            print(f"not repairable by redoing chunks: {why}")
+        if summary is None:
+            print("repaired: nothing to redo but what the report names outside chunks")
+            return 1 if left else 0
+    else:
+        summary = run(config_from_args(args), progress=not args.quiet)
     for layer in summary.layers:
         print(f"layer {layer.layer}: {layer.chunks} chunks ({layer.chunks_skipped} already done), "
               f"{layer.fragments} meshes of {layer.nodes} nodes, {layer.bytes_written} bytes, "
@@ -113,4 +130,10 @@ def cmd_info(args) -> int:
     return 0
 
 
-MESH_COMMANDS = {"mesh": cmd_mesh, "info": cmd_info}
+def cmd_verify(args) -> int:
+    from raymesh.verify.command import cmd_verify as run_verify
+
+    return run_verify(args)
+
+
+MESH_COMMANDS = {"mesh": cmd_mesh, "info": cmd_info, "verify": cmd_verify}

@@ -80,6 +80,7 @@ class ChunkLayout:
     def __post_init__(self) -> None:
         object.__setattr__(self, "bitmasks", compute_bitmasks(self.n_layers, self.spatial_bits))
         object.__setattr__(self, "_tables", self._build_tables())
+        object.__setattr__(self, "_stop_layers", {})  # l2 coords -> stop layer (asked for again and again)
         if self.fanout != 2:
             raise GraphLayoutError("only FANOUT = 2 is consistent with PCG's chunk bounds")
 
@@ -277,8 +278,17 @@ class ChunkLayout:
         Neighbours that cannot be represented at some layer are skipped; representable ones outside
         the dataset are kept, as PCG does (BUG? 19), so stop layers match PCG's byte for byte.
         """
+        key = tuple(int(v) for v in l2_coords)
+        cached = self._stop_layers.get(key)
+        if cached is None:
+            if len(self._stop_layers) > 1 << 16:  # a long-lived worker: keep the cache small
+                self._stop_layers.clear()
+            cached = self._stop_layers[key] = self._stop_layer(key)
+        return cached
+
+    def _stop_layer(self, l2_coords: tuple[int, int, int]) -> int:
         lists = []
-        cx, cy, cz = (int(v) for v in l2_coords)
+        cx, cy, cz = l2_coords
         for x in (cx, cx + 1):
             for y in (cy, cy + 1):
                 for z in (cz, cz + 1):

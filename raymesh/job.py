@@ -567,17 +567,33 @@ class MeshJob:
 
     # ---- the run record and metadata ---------------------------------------------------------
     def begin(self) -> "RunRecord":
-        """Pin this run to what its mesh dir already holds, before any chunk runs.
+        """Pin this run to what its mesh dir already holds (``resolve_record``), before any chunk
+        runs; a new mesh dir gets its record (and mesh info) now, so an interrupted first run
+        resumes at the same time stamp."""
+        from raymesh.runs.record import RunRecord
+
+        data = self.bucket.read(RUN_RECORD)
+        record = self.resolve_record(data)
+        if data is None or RunRecord.from_bytes(data, RUN_RECORD) != record:
+            self.bucket.write(RUN_RECORD, record.to_bytes())
+        info = self.mesh_info_bytes()
+        if self.bucket.read("info") != info:
+            self.bucket.write("info", info)
+        return record
+
+    def resolve_record(self, data: bytes | None = None, *, must_exist: bool = False) -> "RunRecord":
+        """What the mesh dir holds, and this job pinned to it; reads, never writes.
 
         A mesh dir's meshes all show one graph state made one way: a later run (resumed, partial,
         layer by layer) meshes at the recorded time stamp with the recorded mip and max_error
         unless told otherwise, and one told otherwise is refused rather than mixing two kinds of
-        meshes. A new mesh dir gets its record (and mesh info) now, so an interrupted first run
-        resumes at the same time stamp.
+        meshes. Without a record, the graph's ``custom_data['mesh']`` for this dir stands in;
+        without either, this job's settings make a new record (or, ``must_exist``, an error).
         """
         from raymesh.runs.record import RecordError, RunRecord
 
-        data = self.bucket.read(RUN_RECORD)
+        if data is None:
+            data = self.bucket.read(RUN_RECORD)
         try:
             record = RunRecord.from_bytes(data, self.mesh_url + RUN_RECORD) if data is not None else None
         except RecordError as exc:
@@ -585,6 +601,10 @@ class MeshJob:
         settings = self.meta.mesh_settings()
         if record is None and settings.get("dir") == self.config.mesh_dir:
             record = RunRecord.from_graph_settings(settings)
+        if record is None and must_exist:
+            raise ConfigError(f"{self.mesh_url} holds no meshes of this graph (no {RUN_RECORD}, and the graph's "
+                              f"custom_data['mesh'] names no mesh dir {self.config.mesh_dir!r}); check --mesh-dir, "
+                              "or run `raymesh mesh` first")
         given = self.config.model_fields_set
         if record is not None:
             clashes = record.clashes(mip=self.config.mip if "mip" in given else None,
@@ -602,14 +622,13 @@ class MeshJob:
         else:
             record = RunRecord(time_stamp=self.time_stamp.timestamp(), mip=self.mip,
                                max_error=float(self.config.max_error))
-        if data is None or RunRecord.from_bytes(data, RUN_RECORD) != record:
-            self.bucket.write(RUN_RECORD, record.to_bytes())
-        shardings = {layer: self.sharding(layer) for layer in range(2, self.meta.layer_count + 1)}
-        info = json.dumps(mesh_info(self.meta, self.mip, shardings, self.grid.distortion), indent=2).encode()
-        if self.bucket.read("info") != info:
-            self.bucket.write("info", info)
         self.record = record
         return record
+
+    def mesh_info_bytes(self) -> bytes:
+        """The mesh dir's ``info`` as this job writes it (per-layer sharding, mip, chunk size)."""
+        shardings = {layer: self.sharding(layer) for layer in range(2, self.meta.layer_count + 1)}
+        return json.dumps(mesh_info(self.meta, self.mip, shardings, self.grid.distortion), indent=2).encode()
 
     def write_metadata(self, layer: int) -> str:
         """After ``layer`` completed without failures: the run record, the segmentation's

@@ -292,6 +292,22 @@ class ChildFragmentError(DracoError):
         self.child = int(child)
 
 
+def node_inputs(layout, plan: StitchPlan, node: int, reader: FragmentReader, limit: int | None = None
+                ) -> tuple[list[tuple[int, tuple[int, int] | None]], int, str | None]:
+    """Where each descendant of ``node`` has its fragment, how many layer-2 ones have none, and
+    why the node is left unstitched (None: it is stitched), from the minishard indices alone.
+    Stitching and ``raymesh verify`` decide alike through this one function."""
+    where = [(desc, reader.locate(desc)) for desc in plan.descendants[node]]
+    missing = sum(1 for desc, at in where if at is None and layout.get_chunk_layer(desc) == 2)
+    high = [desc for desc, at in where if at is None and layout.get_chunk_layer(desc) > 2]
+    total = sum(at[1] for _, at in where if at is not None)
+    if high:
+        return where, missing, f"descendant {high[0]} (layer {layout.get_chunk_layer(high[0])}) has no mesh"
+    if limit is not None and total > limit:
+        return where, missing, f"its children's fragments ({total} bytes) exceed the node limit ({limit} bytes)"
+    return where, missing, None
+
+
 def stitch_nodes(grid: MeshGrid, plan: StitchPlan, nodes: Iterable[int], reader: FragmentReader,
                  limit: int | None = None) -> Iterable[NodeResult]:
     """Stitch ``nodes`` of the plan one at a time; only one node's fragments are decoded at once.
@@ -305,17 +321,9 @@ def stitch_nodes(grid: MeshGrid, plan: StitchPlan, nodes: Iterable[int], reader:
     """
     layout = grid.layout
     for node in nodes:
-        where = [(desc, reader.locate(desc)) for desc in plan.descendants[node]]
-        missing = sum(1 for desc, at in where if at is None and layout.get_chunk_layer(desc) == 2)
-        high = [desc for desc, at in where if at is None and layout.get_chunk_layer(desc) > 2]
-        total = sum(at[1] for _, at in where if at is not None)
-        if high:
-            why = f"descendant {high[0]} (layer {layout.get_chunk_layer(high[0])}) has no mesh"
-            yield NodeResult(node, None, None, missing, why)
-            continue
-        if limit is not None and total > limit:
-            why = f"its children's fragments ({total} bytes) exceed the node limit ({limit} bytes)"
-            yield NodeResult(node, None, None, missing, why)
+        where, missing, unstitched = node_inputs(layout, plan, node, reader, limit)
+        if unstitched:
+            yield NodeResult(node, None, None, missing, unstitched)
             continue
         frags = [(desc, reader.read(desc, at)) for desc, at in where if at is not None]
         if not frags:
