@@ -53,12 +53,42 @@ class BuiltGraph:
 
 
 def validate_labels(labels: np.ndarray) -> None:
+    if not isinstance(labels, np.ndarray):
+        raise BuildError(f"labels must be a numpy array, got {type(labels).__name__}")
     if labels.ndim != 3:
         raise BuildError(f"labels must be a 3-D [x, y, z] volume, got {labels.ndim}-D shape {labels.shape}")
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise BuildError(f"labels must be integers, got dtype {labels.dtype}; cast or relabel the volume")
-    if np.issubdtype(labels.dtype, np.signedinteger) and labels.size and labels.min() < 0:
-        raise BuildError("labels must be non-negative (0 is background)")
+    if labels.dtype == np.bool_ or not np.issubdtype(labels.dtype, np.integer):
+        raise BuildError(f"labels must be integers, got dtype {labels.dtype}; cast or relabel the volume "
+                         "(e.g. numpy's astype(np.uint32))")
+    if labels.size == 0:
+        raise BuildError(f"the label volume is empty (shape {labels.shape}); every axis needs at least one voxel")
+    if np.issubdtype(labels.dtype, np.signedinteger) and _slab_min(labels) < 0:
+        raise BuildError(f"labels must be non-negative (0 is background), got negative values in a "
+                         f"{labels.dtype} volume; relabel it")
+
+
+def _slabs(labels: np.ndarray, target_bytes: int = 1 << 26):
+    """``labels`` in slabs along x of about ``target_bytes``: whole-volume passes over a large
+    (memory-mapped) volume then never hold a second copy of it."""
+    per_x = max(1, labels[:1].nbytes)
+    step = max(1, target_bytes // per_x)
+    for x0 in range(0, labels.shape[0], step):
+        yield labels[x0:x0 + step]
+
+
+def _slab_min(labels: np.ndarray) -> int:
+    return min(int(slab.min()) for slab in _slabs(labels))
+
+
+def _chunk_block(block: np.ndarray) -> np.ndarray:
+    """A block cc3d can take: writable, native byte order (a read-only memory-mapped ``.npy``
+    gives read-only views, and cc3d's typed memoryviews refuse those). Copies only this block,
+    in the memory order cc3d itself would use (its numbering of components follows it): a
+    contiguous block keeps its order, any other is made C-contiguous as cc3d does."""
+    if block.flags.writeable and block.dtype.isnative:
+        return block
+    order = "F" if block.flags.f_contiguous and not block.flags.c_contiguous else "C"
+    return np.array(block, dtype=block.dtype.newbyteorder("="), order=order, copy=True)
 
 
 def validate_chunk_size(chunk_size: Sequence[int]) -> tuple[int, int, int]:
@@ -73,7 +103,8 @@ def fingerprint(labels: np.ndarray, chunk_size: Sequence[int], resolution: Seque
     """A digest of everything that determines the graph, to recognise a rebuild of the same one."""
     h = hashlib.sha256()
     h.update(str((labels.shape, str(labels.dtype), list(chunk_size), [float(r) for r in resolution])).encode())
-    h.update(np.ascontiguousarray(labels).tobytes())
+    for slab in _slabs(labels):  # the C-order bytes of the whole volume, without copying it whole
+        h.update(np.ascontiguousarray(slab).tobytes())
     if agglomeration:
         items = np.array(sorted(agglomeration.items()), dtype=np.uint64)
         h.update(items.tobytes())
@@ -92,6 +123,7 @@ def make_supervoxels(labels: np.ndarray, layout: ChunkLayout, chunk_size: Sequen
         block = labels[sl]
         if not block.any():
             continue
+        block = _chunk_block(block)
         cc, n = cc3d.connected_components(block, connectivity=6, return_N=True, out_dtype=np.uint64)
         if n >= layout.segment_id_limit(1):
             raise BuildError(f"chunk {(cx, cy, cz)} has {n} supervoxels, more than layer-1 ids allow")
@@ -202,15 +234,19 @@ def build_hierarchy(labels: np.ndarray, chunk_size: Sequence[int],
     validate_labels(labels)
     cs = validate_chunk_size(chunk_size)
     layout = ChunkLayout.from_voxels(labels.shape, cs, spatial_bits=spatial_bits)
-    objects = np.asarray(labels, dtype=np.uint64)
+    objects = labels  # compared only (equal, non-zero): no uint64 copy of the volume without agglomeration
     if agglomeration:
-        objects = fastremap.remap(objects, {int(k): int(v) for k, v in agglomeration.items()},
-                                  preserve_missing_labels=True)
+        objects = fastremap.remap(np.asarray(labels, dtype=np.uint64),
+                                  {int(k): int(v) for k, v in agglomeration.items()}, preserve_missing_labels=True)
     sv = make_supervoxels(labels, layout, cs)
     pairs = contact_pairs(sv, objects)
     elayer = edge_layers(pairs, layout)
     sv_ids = fastremap.unique(sv)
-    graph = group_hierarchy(layout, sv_ids[sv_ids != 0].astype(np.uint64), pairs, elayer)
+    sv_ids = sv_ids[sv_ids != 0].astype(np.uint64)
+    if not len(sv_ids):
+        raise BuildError(f"the label volume has no labelled voxels (all {labels.size} voxels are 0, the "
+                         "background); check that --labels is the right volume")
+    graph = group_hierarchy(layout, sv_ids, pairs, elayer)
     graph.supervoxels = sv
     return graph
 
@@ -361,18 +397,24 @@ def build_graph(
     validate_labels(labels)
     cs = validate_chunk_size(chunk_size)
     res = [float(r) for r in resolution]
-    if len(res) != 3 or any(r <= 0 for r in res):
+    if len(res) != 3 or not all(0 < r < float("inf") for r in res):
         raise BuildError(f"resolution must be three positive numbers (nm per voxel), got {list(resolution)}")
-    digest = fingerprint(labels, cs, res, agglomeration)
+    mips = _validate_mips(downsample_mips, labels.shape)
     out_url = normalize_url(out_dir)
-    local_out = out_url[len("file://"):] if out_url.startswith("file://") else None
+    local_out = out_url[len("file://"):].rstrip("/") if out_url.startswith("file://") else None
+    if local_out is not None:
+        _check_out_folder(local_out)
     if store_url is None:
         if local_out is None:
             raise BuildError("--store is required when --out is not a local folder")
         store_url = "sqlite://" + os.path.join(local_out, "graph.sqlite")
     ws_url = out_url + "ws"
+    digest = fingerprint(labels, cs, res, agglomeration)
 
     existing = _existing_meta(store_url)
+    if existing is not None and not existing.ws_info and \
+            existing.custom_data.get("build", {}).get("fingerprint") == digest:
+        existing = None  # the graph is there but its segmentation is gone: build both again
     if existing is not None:
         if existing.custom_data.get("build", {}).get("fingerprint") == digest:
             counts = {int(k): v for k, v in existing.custom_data["build"]["nodes_per_layer"].items()}
@@ -384,10 +426,17 @@ def build_graph(
         )
 
     graph = build_hierarchy(labels, cs, agglomeration)
-    write_segmentation(ws_url, graph.supervoxels, resolution=res,
-                       chunk_size=[min(c, 64) for c in cs], downsample_mips=downsample_mips)
+    store = _fresh_store(store_url)  # before the segmentation: a store that cannot be made writes nothing
+    try:
+        write_segmentation(ws_url, graph.supervoxels, resolution=res,
+                           chunk_size=[min(c, 64) for c in cs], downsample_mips=mips)
+    except (ValueError, RuntimeError, OSError) as exc:
+        store.close()
+        there = local_out is not None and os.path.exists(os.path.join(local_out, "ws", "info"))
+        hint = (f"{local_out}/ws already holds another volume: choose a new --out folder or delete that ws"
+                if there else "choose a writable --out folder (a new or empty one, or this graph's own)")
+        raise BuildError(f"cannot write the supervoxel segmentation to {ws_url}: {_short(exc)}; {hint}") from exc
     ts = time_stamp or utcnow()
-    store = _fresh_store(store_url)
     store.prepare(graph.layout)
     write_graph(graph, store, ts)
     counts = graph.node_counts()
@@ -401,16 +450,55 @@ def build_graph(
     return BuildSummary(store_url, ws_url, counts, graph.layout.n_layers, time.perf_counter() - t0)
 
 
+def _validate_mips(mips: int, shape: Sequence[int]) -> int:
+    """``--mips``: 0 up to the 2x2x1 downsamplings that bring x and y down to one voxel (at
+    least 1, so the default works on any volume)."""
+    most = max(1, int(np.ceil(np.log2(max(int(shape[0]), int(shape[1]), 1)))))
+    if not 0 <= int(mips) <= most:
+        raise BuildError(f"--mips {mips} is out of range: a {shape[0]}x{shape[1]} (x, y) volume takes "
+                         f"0 to {most} 2x2x1 downsampled scales")
+    return int(mips)
+
+
+def _check_out_folder(path: str) -> None:
+    """``--out`` must be a folder (or not exist yet) that can be created."""
+    import os
+
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise BuildError(f"--out {path} is a file, not a folder; choose a new folder for the graph")
+    parent = path
+    while not os.path.exists(parent):  # the nearest existing ancestor must be a writable folder
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise BuildError(f"--out {path} cannot be created: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise BuildError(f"--out {path} cannot be created or written: no write permission on {parent}")
+
+
+def _short(exc: BaseException) -> str:
+    """An exception's message without tensorstore's appended JSON spec."""
+    text = str(exc).split(" [tensorstore_spec=", 1)[0]
+    return " ".join(text.split())
+
+
 def _default_graph_id(out_url: str) -> str:
     return out_url.rstrip("/").rsplit("/", 1)[-1] or "graph"
 
 
 def _existing_meta(store_url: str):
+    """The meta of the graph already at ``store_url``; None when there is none (no file, no
+    table, an interrupted build). A file there that is not a graph is an error, not "none"."""
+    import os
+
     from raymesh.graph import GraphError, open_store
 
+    _check_store_url(store_url)
     try:
         store = open_store(store_url)
     except GraphError:
+        path = _sqlite_path(store_url)
+        if path is not None and os.path.exists(path):
+            raise
         return None
     try:
         raw = store.raw_meta()
@@ -426,6 +514,26 @@ def _existing_meta(store_url: str):
     except SegmentationError:
         info = {}
     return GraphMeta.from_dict(raw, info)
+
+
+def _check_store_url(store_url: str) -> None:
+    """A malformed ``--store`` is refused before anything is built or written."""
+    from raymesh.graph import SCHEMES, open_store
+
+    scheme, sep, rest = store_url.partition("://")
+    if sep and scheme == "bigtable":
+        parts = rest.strip("/").split("/")
+        if len(parts) != 3 or not all(parts):
+            raise BuildError(f"--store {store_url!r} must be bigtable://PROJECT/INSTANCE/TABLE")
+    elif (sep and scheme not in SCHEMES) or (not sep and _sqlite_path(store_url) is None):
+        open_store(store_url)  # raises its own error naming the schemes
+
+
+def _sqlite_path(store_url: str) -> str | None:
+    scheme, sep, rest = store_url.partition("://")
+    if sep:
+        return rest if scheme == "sqlite" else None
+    return store_url if store_url.endswith((".sqlite", ".db")) else None
 
 
 def _fresh_store(store_url: str):

@@ -2,36 +2,83 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
+
+
+def node_id(text: str) -> int:
+    """A node or supervoxel id on the command line: a decimal uint64."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a node id (a decimal integer)") from None
+    if not 0 < value < 2**64:
+        raise argparse.ArgumentTypeError(f"{text} is not a node id (ids are 1 .. 2**64-1)")
+    return value
+
+
+def time_stamp(text: str) -> float:
+    """POSIX seconds: a finite number within the years datetime can hold."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a time (POSIX seconds, e.g. 1700000000)") from None
+    if not math.isfinite(value) or not -62135596800 < value < 253402300800:
+        raise argparse.ArgumentTypeError(f"{text} is not a time (POSIX seconds between 1970 and 9999)")
+    return value
+
+
+def seconds(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
 
 
 def add_edit_commands(sub) -> None:
     e = sub.add_parser("edit", help="merge or split supervoxels in a graph, as PCG's edits do")
     e.add_argument("kind", choices=["merge", "split"])
-    e.add_argument("sv_a", type=int)
-    e.add_argument("sv_b", type=int)
+    e.add_argument("sv_a", type=node_id)
+    e.add_argument("sv_b", type=node_id)
     e.add_argument("--graph", required=True)
-    e.add_argument("--time-stamp", type=float, help="POSIX seconds of the edit (default now)")
+    e.add_argument("--time-stamp", type=time_stamp, help="POSIX seconds of the edit (default now)")
 
     r = sub.add_parser("remesh", help="mesh nodes created by edits into <mesh dir>/dynamic/")
     r.add_argument("--graph", required=True)
     g = r.add_mutually_exclusive_group()
-    g.add_argument("--since", type=float, help="POSIX seconds; default initial_ts (every edit so far)")
-    g.add_argument("--roots", type=int, nargs="+", help="new nodes under these roots")
-    g.add_argument("--l2", type=int, nargs="+", help="these layer-2 nodes and their new ancestors")
+    g.add_argument("--since", type=time_stamp, help="POSIX seconds; default initial_ts (every edit so far)")
+    g.add_argument("--roots", type=node_id, nargs="+", help="new nodes under these roots")
+    g.add_argument("--l2", type=node_id, nargs="+", help="these layer-2 nodes and their new ancestors")
     _runtime_args(r)
     r.add_argument("--force", action="store_true", help="rewrite fragments already in dynamic/")
 
     w = sub.add_parser("watch", help="follow the edit log and remesh each edit once, as it arrives")
     w.add_argument("--graph", required=True)
-    w.add_argument("--interval", type=float, default=2.0, help="seconds between polls of the edit log")
+    w.add_argument("--interval", type=seconds, default=2.0, help="seconds between polls of the edit log")
     w.add_argument("--once", action="store_true", help="remesh the pending edits and exit")
     _runtime_args(w)
 
 
 def _runtime_args(p) -> None:
-    p.add_argument("--workers", type=int, help="local Ray CPUs")
+    p.add_argument("--workers", type=positive_int, help="local Ray CPUs")
     p.add_argument("--address", help="Ray address: auto, ray://host:10001")
     p.add_argument("--executor", choices=["ray", "serial"], default="serial",
                    help="serial (default: an edit touches a few chunks) or ray")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+MIN_SIDE = 17  # objects that stay inside keep 6 + 2 voxels from the low and 6 + 3 from the high border
+
 
 def _paint_segment(labels: np.ndarray, p0: np.ndarray, p1: np.ndarray, radius: float, value: int,
                    anisotropy: np.ndarray) -> None:
@@ -34,6 +36,14 @@ def branching_tubes(
     pieces_per_object: int = 3,
 ) -> tuple[np.ndarray, dict[int, int]]:
     """Labels ``[x, y, z]`` (uint32) and an agglomeration ``{piece label: object label}``."""
+    if len(shape) != 3 or min(int(s) for s in shape) < MIN_SIDE:
+        raise ValueError(f"synthetic shape {list(shape)} is too small: it needs three sides of at least "
+                         f"{MIN_SIDE} voxels (tubes keep a margin from the border)")
+    if int(n_objects) < 1 or int(pieces_per_object) < 1:
+        raise ValueError(f"the synthetic volume needs at least 1 object of at least 1 piece, got "
+                         f"{n_objects} objects of {pieces_per_object} pieces")
+    if int(seed) < 0:
+        raise ValueError(f"seed {seed} is negative; use 0 or more")
     rng = np.random.default_rng(seed)
     shape_a = np.asarray(shape)
     aniso = np.asarray(anisotropy, dtype=float)

@@ -34,7 +34,11 @@ def to_datetime(time_stamp: TimeStamp) -> dt.datetime:
         return utcnow()
     if isinstance(time_stamp, dt.datetime):
         return time_stamp if time_stamp.tzinfo else time_stamp.replace(tzinfo=dt.timezone.utc)
-    return dt.datetime.fromtimestamp(float(time_stamp), tz=dt.timezone.utc)
+    try:
+        return dt.datetime.fromtimestamp(float(time_stamp), tz=dt.timezone.utc)
+    except (ValueError, OverflowError, OSError, TypeError) as exc:
+        raise GraphError(f"time stamp {time_stamp!r} is not a time: give POSIX seconds (UTC) between "
+                         "1970 and 9999, e.g. 1700000000") from exc
 
 
 def write_ms(time_stamp: TimeStamp) -> int:

@@ -59,11 +59,18 @@ class BigtableStore(GraphStore):
         self.round_trips = 0
         self._meta: GraphMeta | None = None
         self._build_layout = None
-        self._client = bigtable.Client(project=project, admin=True)
+        from google.auth import exceptions as auth_exc
+
+        try:
+            self._client = bigtable.Client(project=project, admin=True)
+        except auth_exc.GoogleAuthError as exc:
+            raise GraphError(f"cannot open {self.url}: no Google Cloud credentials ({exc}); run "
+                             "`gcloud auth application-default login`, set GOOGLE_APPLICATION_CREDENTIALS, "
+                             "or BIGTABLE_EMULATOR_HOST for the emulator") from exc
         self._table = self._client.instance(instance).table(table_id)
         try:
             exists = self._table.exists()
-        except gexc.GoogleAPICallError as exc:
+        except gexc.GoogleAPIError as exc:  # call errors, and RetryError when it cannot connect
             raise GraphError(f"cannot reach Bigtable for {self.url}: {exc}; check the project, instance "
                              "and credentials (or BIGTABLE_EMULATOR_HOST for the emulator)") from exc
         if not exists and not create:

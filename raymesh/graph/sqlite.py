@@ -48,12 +48,54 @@ def _ids(blob: bytes) -> np.ndarray:
     return np.frombuffer(blob, dtype="<u8").astype(np.uint64)
 
 
+def _local_ws(watershed: str) -> str | None:
+    """The normalised filesystem path of a local segmentation (``file://`` URL or absolute
+    path), else None."""
+    if watershed.startswith("file://"):
+        path = watershed[len("file://"):]
+    elif "://" not in watershed and os.path.isabs(watershed):
+        path = watershed
+    else:
+        return None
+    return os.path.normpath(path)
+
+
+def relative_watershed(watershed: str, folder: str) -> str:
+    """``watershed`` as stored in a graph file in ``folder``: a path relative to the folder when
+    the segmentation lies in it or below it (``ws``), else unchanged (other folders, buckets)."""
+    path = _local_ws(watershed)
+    if path is None:
+        return watershed
+    folder = os.path.normpath(os.path.abspath(folder))
+    if os.path.commonpath([path, folder]) != folder:
+        return watershed
+    return os.path.relpath(path, folder).replace(os.sep, "/")
+
+
+def resolve_watershed(watershed: str, folder: str) -> str:
+    """The absolute URL of a stored watershed path: relative paths are taken from the graph
+    file's folder (``ws`` -> ``file:///that/folder/ws``); URLs and absolute paths (graphs built
+    before paths were stored relative) are returned as they are."""
+    if not isinstance(watershed, str):
+        raise TypeError(f"watershed path {watershed!r} is not a string")
+    if "://" in watershed or os.path.isabs(watershed):
+        return watershed
+    return "file://" + os.path.normpath(os.path.join(os.path.abspath(folder), watershed))
+
+
 class SQLiteStore(GraphStore):
     """``sqlite:///abs/path/graph.sqlite`` (or ``sqlite://relative/path``)."""
 
     def __init__(self, path: str, *, create: bool = False):
-        self.path = os.path.abspath(path)
+        if not path:
+            raise GraphError("the graph URL sqlite:// names no file; use sqlite:///abs/path/graph.sqlite")
+        self.path = os.path.abspath(os.path.expanduser(path))
         self.url = f"sqlite://{self.path}"
+        if os.path.isdir(self.path):
+            inside = os.path.join(self.path, "graph.sqlite")
+            hint = (f"; did you mean sqlite://{inside}?" if os.path.isfile(inside)
+                    else "; pass the path of the .sqlite file (raymesh build-graph writes OUT/graph.sqlite)")
+            raise GraphError(f"{self.path} is a folder, not a SQLite graph file{hint}")
         if not create and not os.path.exists(self.path):
             raise GraphError(
                 f"unknown graph: no SQLite graph at {self.path}; build one with "
@@ -62,11 +104,15 @@ class SQLiteStore(GraphStore):
         self._local = threading.local()
         self._meta: GraphMeta | None = None
         if create:
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            con = self._con()
-            con.execute("PRAGMA journal_mode=WAL")
-            con.executescript(SCHEMA)
-            con.commit()
+            try:
+                os.makedirs(os.path.dirname(self.path), exist_ok=True)
+                con = self._con()
+                con.execute("PRAGMA journal_mode=WAL")
+                con.executescript(SCHEMA)
+                con.commit()
+            except (OSError, sqlite3.Error) as exc:
+                raise GraphError(f"cannot create a SQLite graph at {self.path}: {exc}; "
+                                 "choose a writable location for --out/--store") from exc
 
     def __reduce__(self):  # connections do not pickle: Ray workers reopen the file
         return (SQLiteStore, (self.path,))
@@ -93,11 +139,21 @@ class SQLiteStore(GraphStore):
             return False
 
     def raw_meta(self) -> dict | None:
+        """The newest meta, with a watershed path stored relative to this file resolved to an
+        absolute ``file://`` URL (so a copied graph folder reads its own segmentation)."""
         try:
             row = self._con().execute("SELECT value FROM meta ORDER BY ts DESC LIMIT 1").fetchone()
         except sqlite3.DatabaseError as exc:
-            raise GraphError(f"{self.path} is not a raymesh SQLite graph: {exc}") from exc
-        return json.loads(row[0]) if row else None
+            raise GraphError(f"{self.path} is not a raymesh SQLite graph ({exc}); check the --graph URL") from exc
+        if not row:
+            return None
+        try:
+            raw = json.loads(row[0])
+            ds = raw["data_source"]
+            ds["watershed"] = resolve_watershed(ds["watershed"], os.path.dirname(self.path))
+        except (ValueError, TypeError, KeyError) as exc:
+            raise GraphError(f"{self.path} holds an unreadable graph meta ({exc!r}); rebuild the graph") from exc
+        return raw
 
     @property
     def meta(self) -> GraphMeta:
@@ -105,15 +161,23 @@ class SQLiteStore(GraphStore):
             raw = self.raw_meta()
             if raw is None:
                 raise GraphError(f"unknown graph: {self.path} has no graph meta; build the graph first")
-            self._meta = GraphMeta.from_dict(raw, read_info(raw["data_source"]["watershed"]))
+            info = read_info(raw["data_source"]["watershed"])
+            try:
+                self._meta = GraphMeta.from_dict(raw, info)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise GraphError(f"{self.path} holds an unreadable graph meta ({exc!r}); rebuild the graph") from exc
         return self._meta
 
     def update_meta(self, meta: GraphMeta, time_stamp: TimeStamp = None) -> None:
+        """A new meta version. A local watershed segmentation in this file's folder (or below it)
+        is stored relative to the folder, so the folder can be copied or moved whole."""
         con = self._con()
         ms = write_ms(time_stamp)
         last = con.execute("SELECT MAX(ts) FROM meta").fetchone()[0]
         ms = max(ms, (last or 0) + 1)  # versions must not collide when written in one millisecond
-        con.execute("INSERT INTO meta VALUES (?, ?)", (ms, json.dumps(meta.to_dict(), sort_keys=True)))
+        d = meta.to_dict()
+        d["data_source"]["watershed"] = relative_watershed(d["data_source"]["watershed"], os.path.dirname(self.path))
+        con.execute("INSERT INTO meta VALUES (?, ?)", (ms, json.dumps(d, sort_keys=True)))
         con.commit()
         self._meta = None
 

@@ -78,3 +78,76 @@ def test_unknown_store_scheme(tmp_path):
         open_store("redis://localhost/graph")
     with pytest.raises(GraphError, match="unknown graph"):
         open_store(f"sqlite://{tmp_path}/missing.sqlite")
+
+
+def test_single_chunk_memory_mapped_npy_builds(tmp_path, capsys):
+    """A .npy is memory-mapped read-only; one chunk is then a read-only view cc3d must not see."""
+    from raymesh.cli import main
+    from raymesh.volume import load_labels
+
+    labels = np.zeros((16, 16, 64), np.uint32)
+    labels[2:6, 2:6, 3:60] = 5
+    labels[9:12, 9:12, :] = 7
+    np.save(tmp_path / "one_chunk.npy", labels)
+    mapped = load_labels(str(tmp_path / "one_chunk.npy"))
+    assert not mapped.flags.writeable
+    g = build_hierarchy(mapped, (16, 16, 64))
+    assert g.node_counts()[1] == 2 and not mapped.flags.writeable
+    assert main(["build-graph", "--labels", str(tmp_path / "one_chunk.npy"), "--resolution", "8", "8", "40",
+                 "--chunk-size", "16", "16", "64", "--out", str(tmp_path / "out")]) == 0
+    assert "layer 2: 2 nodes" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("labels, chunk", [
+    (np.ones((5, 6, 7), np.uint16), (64, 64, 64)),  # smaller than one chunk
+    (np.ones((1, 1, 1), np.uint8), (64, 64, 64)),  # a single voxel
+    (np.ones((9, 9, 9), ">u4"), (4, 4, 4)),  # big-endian
+    (np.asfortranarray(np.arange(512, dtype=np.int64).reshape(8, 8, 8) % 3), (4, 4, 4)),  # Fortran order
+    (np.full((4, 4, 4), 2**63 + 5, np.uint64), (4, 4, 4)),  # labels above int64
+])
+def test_degenerate_volumes_build(labels, chunk, tmp_path):
+    summary = build_graph(labels, str(tmp_path), resolution=(1, 1, 1), chunk_size=chunk)
+    store = open_store(summary.store_url)
+    ws = read_block(store.meta.segmentation_path, 0, (0, 0, 0), labels.shape)
+    assert np.array_equal(ws != 0, labels != 0)
+    assert_roots_partition_objects(store, ws, labels.astype(np.uint64))
+
+
+@pytest.mark.parametrize("labels, match", [
+    (np.zeros((8, 8, 8), np.uint32), "no labelled voxels"),
+    (np.zeros((1, 1, 1), np.uint8), "no labelled voxels"),
+    (np.ones((0, 4, 4), np.uint32), "empty"),
+    (np.ones((4, 4, 4), bool), "integers"),
+    (np.array([[[-1]]], np.int8), "non-negative"),
+    (np.ones((4, 4, 4, 1), np.uint32), "3-D"),
+])
+def test_degenerate_volumes_are_refused(labels, match, tmp_path):
+    with pytest.raises(BuildError, match=match):
+        build_graph(labels, str(tmp_path / "out"), resolution=(1, 1, 1), chunk_size=(4, 4, 4))
+    assert not (tmp_path / "out").exists()
+
+
+def test_fingerprint_hashes_the_volume_in_slabs():
+    import hashlib
+
+    from raymesh.builder import _slabs
+
+    labels = np.arange(7 * 5 * 3, dtype=np.uint32).reshape(7, 5, 3)
+    whole = hashlib.sha256(labels.tobytes()).hexdigest()
+    pieces = hashlib.sha256()
+    for slab in _slabs(labels, target_bytes=100):
+        pieces.update(np.ascontiguousarray(slab).tobytes())
+    assert pieces.hexdigest() == whole
+
+
+def test_out_and_mips_are_checked_before_writing(synthetic, tmp_path):
+    labels, agg = synthetic
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(BuildError, match="is a file"):
+        build_graph(labels, str(tmp_path / "a_file"), resolution=SYNTH_RES, chunk_size=SYNTH_CHUNK)
+    with pytest.raises(BuildError, match="--mips 9"):
+        build_graph(labels, str(tmp_path / "g"), resolution=SYNTH_RES, chunk_size=SYNTH_CHUNK, downsample_mips=9)
+    with pytest.raises(BuildError, match="bigtable://PROJECT/INSTANCE/TABLE"):
+        build_graph(labels, str(tmp_path / "g"), resolution=SYNTH_RES, chunk_size=SYNTH_CHUNK,
+                    store_url="bigtable://p/i")
+    assert not (tmp_path / "g").exists()
