@@ -45,7 +45,9 @@ def add_mesh_commands(sub) -> None:
     p.add_argument("--highmem-layer", type=int, help="layers from this one up also ask for the big-memory resource")
     p.add_argument("--placement-timeout", type=float,
                    help="seconds to wait for a node that fits a task (autoscaling clusters); default 0")
-    p.add_argument("--executor", choices=["ray", "serial"])
+    p.add_argument("--executor", choices=["auto", "ray", "serial"],
+                   help="where chunks run: ray, serial (this process, for debugging), or auto: Ray, except a job "
+                   "of under 64 chunks with no --address, which runs in this process (default: auto)")
     p.add_argument("--force", action="store_true", default=None, help="redo chunks already written")
     p.add_argument("--repair", metavar="REPORT",
                    help="redo exactly what a `raymesh verify --json` report names (chunks, edits' fragments, "

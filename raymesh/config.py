@@ -71,7 +71,10 @@ class MeshConfig(BaseModel):
                                  "(Bigtable is shared with proofreading)")
     workers: Optional[int] = Field(None, ge=1, description="local Ray CPUs")
     address: Optional[str] = Field(None, description="Ray address: auto, ray://host:port; default local")
-    executor: str = Field("ray", pattern="^(ray|serial)$")
+    executor: str = Field("auto", pattern="^(auto|ray|serial)$",
+                          description="where chunks run: ray, serial (this process), or auto: Ray, except "
+                          "a small job with no cluster to join, which runs in this process (starting a "
+                          "local Ray costs more than such a job)")
     force: bool = False
 
     @field_validator("memory_budget", "shard_cache_bytes", "max_stitch_bytes", mode="before")

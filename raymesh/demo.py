@@ -26,6 +26,9 @@ def run_demo(out: str, workers: int = 2) -> int:
     for layer in result.layers:
         print(f"layer {layer.layer}: {layer.fragments} meshes in {layer.chunks} chunks "
               f"({layer.chunks_skipped} already done), {len(layer.failures)} failures")
+    if result.executor == "serial (small job)":
+        print("ran in this process: the demo is a small job, faster without starting Ray "
+              "(raymesh mesh --executor ray runs it on Ray)")
     print(f"meshes: {result.mesh_path}")
     print(f"graphene info for CloudVolume: raymesh info --graph {summary.store_url}")
     return 0

@@ -14,7 +14,18 @@ from raymesh.executors import Executor, SerialExecutor
 from raymesh.job import LayerSummary, MeshJob, RunSummary
 
 
-def make_executor(config: MeshConfig) -> Executor:
+SMALL_JOB_CHUNKS = 64  # chunks (all layers) below which a local run skips starting Ray
+
+
+def make_executor(config: MeshConfig, chunks: int | None = None) -> Executor:
+    """The executor a config asks for; ``auto`` runs a job of fewer than ``SMALL_JOB_CHUNKS``
+    chunks in this process when there is no cluster to join (an address, or a Ray job's
+    RAY_ADDRESS): a local Ray takes longer to start and stop than such a job takes to run."""
+    import os
+
+    if config.executor == "auto" and chunks is not None and chunks < SMALL_JOB_CHUNKS \
+            and not config.address and not os.environ.get("RAY_ADDRESS"):
+        return SerialExecutor()
     if config.executor == "serial":
         return SerialExecutor()
     from actors.ray_executor import RayExecutor
@@ -33,8 +44,11 @@ def run(config: MeshConfig, executor: Executor | None = None, progress: bool = T
     job.validate()
     job.begin()
     own_executor = executor is None
-    executor = executor or make_executor(job.config)
+    executor = executor or make_executor(job.config, sum(job.count_chunks(layer) for layer in job.config.layers))
     summary = RunSummary(graph=config.graph, mesh_path=job.mesh_url)
+    summary.executor = type(executor).__name__
+    if isinstance(executor, SerialExecutor) and own_executor and config.executor == "auto":
+        summary.executor = "serial (small job)"
     t_job = time.perf_counter()
     try:
         for i, layer in enumerate(job.config.layers):

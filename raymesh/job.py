@@ -93,6 +93,7 @@ class RunSummary:
     seconds: float = 0.0
     graph_meta: str = ""  # what happened to the graph's custom_data["mesh"]
     not_run: list[int] = field(default_factory=list)  # layers left out because one below failed
+    executor: str = ""  # where the chunks ran
 
     @property
     def failed(self) -> bool:

@@ -12,7 +12,8 @@ from raymesh.draco import decode
 from raymesh.manifest import manifest_nodes, shard_has_mesh
 from raymesh.mesh_layout import shard_key
 from raymesh.sharding import read_value
-from raymesh.stitch import seam_planes
+from raymesh.verify.checks import internal_planes as chunk_planes
+from raymesh.verify.geometry import edge_use, merged, unmerged_seam_vertices  # noqa: F401 (shared with the tests)
 
 
 def read_fragment(job, node: int):
@@ -36,56 +37,17 @@ def l2_descendants(store, node: int) -> list[int]:
     return out
 
 
-def merged(fragments) -> tuple[np.ndarray, np.ndarray]:
-    """All fragments as one mesh, vertices merged by exact position (what a seam-free viewer sees)."""
-    verts = np.concatenate([f.vertices for f in fragments])
-    offsets = np.cumsum([0] + [len(f.vertices) for f in fragments[:-1]])
-    faces = np.concatenate([f.faces.astype(np.int64) + o for f, o in zip(fragments, offsets)])
-    uniq, inverse = np.unique(verts, axis=0, return_inverse=True)
-    return uniq, inverse.reshape(-1)[faces]
-
-
-def edge_use(faces: np.ndarray, return_edges: bool = False):
-    """How many faces use each undirected edge (faces degenerate by position are left out)."""
-    f = faces[(faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 0] != faces[:, 2])]
-    edges = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), axis=1)
-    uniq, counts = np.unique(edges, axis=0, return_counts=True)
-    return (uniq, counts) if return_edges else counts
+def internal_planes(grid, node: int) -> list[set]:
+    """Every layer's mid-planes inside ``node``'s chunk (per axis, nm), as the grid puts them."""
+    return chunk_planes(grid, int(grid.layout.get_chunk_id(node)))
 
 
 def internal_plane_duplicates(job, node: int, frag) -> int:
-    """Unmerged seam vertices: positions on an internal chunk plane of ``node`` held by two or more
-    vertices, one of them on an open edge (a crack stitching should have closed).
-
-    The planes are every layer's mid-planes inside the node's chunk, as the grid puts them.
-    Coincident copies around closed sheets are not cracks: Draco's encoder splits a vertex where
-    two sheets touch (a non-manifold vertex) into copies, so those are not counted.
-    """
-    layout, grid = job.meta.layout, job.grid
-    layer = int(layout.get_chunk_layer(node))
-    if layer == 2:
+    """Unmerged seam vertices of a node's fragment (``unmerged_seam_vertices`` on every layer's
+    mid-planes inside the node's chunk): cracks stitching should have closed, not Draco's splits."""
+    if int(job.meta.layout.get_chunk_layer(node)) == 2:
         return 0
-    chunk = int(layout.get_chunk_id(node))
-    coords = layout.get_chunk_coordinates(chunk)
-    planes: list[set] = [set(), set(), set()]
-    for sub in range(3, layer + 1):
-        span = 2 ** (layer - sub)
-        for offset in np.ndindex(span, span, span):
-            sub_chunk = int(layout.chunk_id(sub, *(coords * span + np.array(offset))))
-            for axis, value in enumerate(seam_planes(grid, sub_chunk)):
-                planes[axis].add(float(value))
-    v = frag.vertices
-    on = np.zeros(len(v), dtype=bool)
-    for axis in range(3):
-        on |= np.isin(v[:, axis], list(planes[axis]))
-    f = frag.faces.astype(np.int64)
-    edges = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), axis=1)
-    uniq, counts = np.unique(edges, axis=0, return_counts=True)
-    on_open = np.zeros(len(v), dtype=bool)
-    on_open[np.unique(uniq[counts == 1])] = True
-    _, inverse, copies = np.unique(v, axis=0, return_inverse=True, return_counts=True)
-    shared = copies[inverse.reshape(-1)] > 1
-    return int((on & shared & on_open).sum())
+    return unmerged_seam_vertices(frag.vertices, frag.faces, internal_planes(job.grid, node))
 
 
 def interior_roots(store, sv_volume: np.ndarray) -> set[int]:

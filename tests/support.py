@@ -119,3 +119,31 @@ def file_tree(folder) -> dict[str, bytes]:
             with open(os.path.join(base, name), "rb") as f:
                 out[os.path.relpath(os.path.join(base, name), folder)] = f.read()
     return out
+
+
+def cloudvolume_write(url, labels, encoding, *, resolution, compress=None, chunk=(64, 64, 64), offset=(0, 0, 0),
+                      sharded=False, data_encoding="gzip", shard_chunks=64):
+    """A one-scale segmentation as CloudVolume itself writes it (all-zero chunks left out, as with
+    delete_black_uploads); ``sharded``: CloudVolume's own shard layout with about ``shard_chunks``
+    chunks per shard, written shard by shard."""
+    from cloudvolume import Bbox, CloudVolume
+
+    info = CloudVolume.create_new_info(1, "segmentation", "uint64", encoding, list(resolution), list(offset),
+                                       list(labels.shape), chunk_size=list(chunk))
+    kwargs = {} if compress is None else {"compress": compress}
+    cv = CloudVolume(url, info=info, progress=False, secrets=None, delete_black_uploads=True, **kwargs)
+    if not sharded:
+        cv.commit_info()
+        cv[Bbox(offset, np.add(offset, labels.shape))] = labels
+        return cv
+    chunk_bytes = int(np.prod(chunk)) * 8
+    cv.image.to_sharded(uncompressed_shard_bytesize=chunk_bytes * shard_chunks, max_shard_index_bytes=2**4 * 16,
+                        max_minishard_index_bytes=2000, max_labels_per_minishard=2,
+                        data_encoding=data_encoding)
+    cv.commit_info()
+    shard = np.asarray(cv.image.shard_shape(0), dtype=int)
+    for lo in np.ndindex(*[-(-s // c) for s, c in zip(labels.shape, shard)]):
+        lo = np.asarray(lo) * shard
+        hi = np.minimum(lo + shard, labels.shape)
+        cv[Bbox(lo + offset, hi + offset)] = labels[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2], None]
+    return cv

@@ -16,7 +16,7 @@ from raymesh.draco import DracoError, decode
 from raymesh.errors import MeshingError
 from raymesh.mesh_layout import dynamic_name, mesh_metadata
 from raymesh.sharding import ShardError, check_shard, disassemble_shard
-from raymesh.verify.geometry import edge_use, merged, on_planes, surface_labels, unique_rows, unmerged_plane_vertices
+from raymesh.verify.geometry import edge_use, merged, surface_labels, unmerged_seam_vertices
 
 KINDS = {
     "missing_shard": "a chunk with nodes to mesh has no shard file",
@@ -107,11 +107,12 @@ def expected_nodes(job, layer: int, coords) -> tuple[set[int], set[int]]:
     return must, must
 
 
-def internal_planes(job, layer: int, chunk_id: int) -> list[set[float]]:
+def internal_planes(grid, chunk_id: int) -> list[set[float]]:
     """Every lower layer's mid-planes inside a chunk, in nm, as the grid puts them."""
     from raymesh.stitch import seam_planes
 
-    layout, grid = job.meta.layout, job.grid
+    layout = grid.layout
+    layer = int(layout.get_chunk_layer(chunk_id))
     coords = layout.get_chunk_coordinates(chunk_id)
     planes: list[set[float]] = [set(), set(), set()]
     for sub in range(3, layer + 1):
@@ -180,7 +181,7 @@ def check_chunk(job, item) -> ChunkCheck:
         out.problem("extra_fragment", f"node {node} has a fragment in {key} but should have none", node)
     settings = expected_settings(job.grid, layer, chunk_id)
     lo, hi = chunk_bounds(job, layer, chunk_id)
-    planes = internal_planes(job, layer, chunk_id) if layer > 2 else None
+    planes = internal_planes(job.grid, chunk_id) if layer > 2 else None
     for node in sorted(values):
         try:
             frag = decode(values[node])
@@ -201,24 +202,9 @@ def check_chunk(job, item) -> ChunkCheck:
 
 
 def seam_cracks(vertices: np.ndarray, faces: np.ndarray, planes) -> int:
-    """Positions on an internal plane held by several vertices, each on an open edge, whose
-    edges are all closed once the copies are welded: a crack, not Draco's split of a
-    non-manifold vertex (whose welded edges stay non-manifold)."""
-    if not unmerged_plane_vertices(vertices, faces, planes):
-        return 0
-    uniq, inverse, copies = unique_rows(vertices)
-    on = on_planes(uniq, planes)
-    welded = inverse[faces.astype(np.int64)]
-    edges, use = edge_use(welded, return_edges=True)
-    bad = np.zeros(len(uniq), dtype=bool)
-    bad[edges[use != 2].ravel()] = True
-    touched = np.zeros(len(uniq), dtype=bool)
-    touched[edges.ravel()] = True
-    # Which positions were open before welding: an edge used once in the unwelded fragment.
-    raw_edges, raw_use = edge_use(faces.astype(np.int64), return_edges=True)
-    was_open = np.zeros(len(uniq), dtype=bool)
-    was_open[inverse[raw_edges[raw_use == 1].ravel()]] = True
-    return int((on & (copies > 1) & was_open & touched & ~bad).sum())
+    """Vertices of positions on an internal plane that stitching should have welded
+    (``geometry.unmerged_seam_vertices``): not Draco's split of a non-manifold spot."""
+    return unmerged_seam_vertices(vertices, faces, planes)
 
 
 # ---- roots, edits, metadata ---------------------------------------------------------------------

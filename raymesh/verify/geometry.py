@@ -81,6 +81,73 @@ def unmerged_plane_vertices(vertices: np.ndarray, faces: np.ndarray, planes: Seq
     return int(on_open[shared].sum())
 
 
+def unmerged_seam_vertices(vertices: np.ndarray, faces: np.ndarray, planes) -> int:
+    """Vertices of positions that stitching should have welded: a position on an internal chunk
+    plane (``planes[axis]``: coordinates in nm), held by two or more vertices, one of them on an
+    open edge, and around which welding the copies gives a plain oriented surface: every edge at
+    the position then in exactly two faces, once in each direction, its faces one fan, and no edge
+    of those faces in more than two faces, no two of them on the same three positions.
+
+    Anything else is Draco's split, not a crack: the encoder welds every vertex by exact position
+    and then splits the mesh where it is not a manifold (an edge in three or more faces, two
+    coincident faces, faces meeting at a point, a flipped face). A split vertex also duplicates
+    the other corners of the faces it separates, so copies sit next to, not only on, the
+    non-manifold spot: two layer-2 meshes that meet in a zero-thickness wall (coincident,
+    opposite-facing triangles) come out with every corner of the wall doubled, each copy on an
+    open edge, although each of those corners' own edges closes once welded.
+    """
+    if not len(vertices) or not len(faces):
+        return 0
+    f = np.asarray(faces, dtype=np.int64)
+    if not unmerged_plane_vertices(vertices, faces, planes):
+        return 0  # the cheap test first: no open copies on a plane, nothing to weld
+    uniq, inverse, copies = unique_rows(vertices)
+    on = on_planes(uniq, planes)
+    raw_edges, raw_use = edge_use(f, return_edges=True)
+    was_open = np.zeros(len(uniq), dtype=bool)
+    was_open[inverse[raw_edges[raw_use == 1].ravel()]] = True
+    candidates = np.flatnonzero(on & (copies > 1) & was_open)
+    if not len(candidates):
+        return 0
+    w = inverse[f]
+    w = w[(w[:, 0] != w[:, 1]) & (w[:, 1] != w[:, 2]) & (w[:, 0] != w[:, 2])]
+    n = np.int64(len(uniq))
+    directed = np.concatenate([w[:, [0, 1]], w[:, [1, 2]], w[:, [2, 0]]])
+    d_keys, d_use = np.unique(directed[:, 0] * n + directed[:, 1], return_counts=True)
+    undirected = np.sort(directed, axis=1)
+    u_keys, u_use = np.unique(undirected[:, 0] * n + undirected[:, 1], return_counts=True)
+
+    def uses(keys, table, counts):
+        at = np.clip(np.searchsorted(table, keys), 0, len(table) - 1)
+        return np.where(table[at] == keys, counts[at], 0)
+
+    cracked = 0
+    for k in candidates:
+        star = w[(w == k).any(axis=1)]
+        if not len(star) or len(np.unique(np.sort(star, axis=1), axis=0)) < len(star):
+            continue  # coincident faces: Draco separates them
+        rolled = star[np.arange(len(star))[:, None], (np.argmax(star == k, axis=1)[:, None] + [1, 2]) % 3]
+        a, b = rolled[:, 0], rolled[:, 1]  # each face is (k, a, b) in its own orientation
+        if np.any(uses(np.minimum(a, b) * n + np.maximum(a, b), u_keys, u_use) > 2):
+            continue  # an edge of its faces in three or more faces
+        spokes = np.unique(np.concatenate([a, b]))
+        if np.any(uses(k * n + spokes, d_keys, d_use) != 1) or np.any(uses(spokes * n + k, d_keys, d_use) != 1):
+            continue  # an edge at the position still open, in three or more faces, or flipped
+        parent = {int(s): int(s) for s in spokes}
+
+        def find(x):
+            while parent[x] != x:
+                parent[x] = parent[parent[x]]
+                x = parent[x]
+            return x
+
+        for x, y in zip(a.tolist(), b.tolist()):
+            parent[find(x)] = find(y)
+        if len({find(int(s)) for s in spokes}) == 1:  # one fan, not sheets meeting at a point
+            cracked += int(copies[k])
+    return cracked
+
+
 def surface_labels(labels: np.ndarray) -> np.ndarray:
     """Labels with a voxel face against another label inside the block: the ones marching cubes
     finds a surface for (zmesh does not close an object at the block's edge)."""

@@ -183,4 +183,4 @@ def test_seam_cracks_are_told_from_draco_splits():
     right = np.all(v[faces][:, :, 0] >= 1, axis=1)
     f2 = faces.copy()
     f2[right] = np.vectorize(lambda i: copies.get(i, i))(faces[right])
-    assert seam_cracks(v2, f2, planes) == 4
+    assert seam_cracks(v2, f2, planes) == 8, "4 positions, 2 copies each"

@@ -17,7 +17,7 @@ from cloudvolume import Bbox, CloudVolume
 
 from raymesh import volume
 from raymesh.volume import SegmentationError, read_block
-from support import REAL_VOLUME
+from support import REAL_VOLUME, cloudvolume_write
 
 SHAPE = (64, 48, 40)
 OFFSET = (3, 5, 7)
@@ -64,28 +64,8 @@ LABELS = structured_labels(SHAPE)
 
 def cv_write(url, labels, encoding, *, compress=None, chunk=CHUNK, offset=OFFSET, sharded=False,
              data_encoding="gzip"):
-    """The segmentation as CloudVolume writes it (all-zero chunks left out, as it does with
-    delete_black_uploads), one scale."""
-    info = CloudVolume.create_new_info(1, "segmentation", "uint64", encoding, list(RES), list(offset),
-                                       list(labels.shape), chunk_size=list(chunk))
-    kwargs = {} if compress is None else {"compress": compress}
-    cv = CloudVolume(url, info=info, progress=False, secrets=None, delete_black_uploads=True, **kwargs)
-    if not sharded:
-        cv.commit_info()
-        cv[Bbox(offset, np.add(offset, labels.shape))] = labels
-        return cv
-    chunk_bytes = int(np.prod(chunk)) * 8
-    cv.image.to_sharded(uncompressed_shard_bytesize=chunk_bytes * 4, max_shard_index_bytes=2**4 * 16,
-                        max_minishard_index_bytes=2000, max_labels_per_minishard=2,
-                        data_encoding=data_encoding)
-    cv.commit_info()
-    shard = np.asarray(cv.image.shard_shape(0), dtype=int)
-    assert np.any(shard < labels.shape), "several shards"
-    for lo in np.ndindex(*[-(-s // c) for s, c in zip(labels.shape, shard)]):
-        lo = np.asarray(lo) * shard
-        hi = np.minimum(lo + shard, labels.shape)
-        cv[Bbox(lo + offset, hi + offset)] = labels[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2], None]
-    return cv
+    return cloudvolume_write(url, labels, encoding, resolution=RES, compress=compress, chunk=chunk, offset=offset,
+                             sharded=sharded, data_encoding=data_encoding, shard_chunks=4)
 
 
 def reference(url, mip, start, end) -> np.ndarray:
