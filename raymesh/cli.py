@@ -59,18 +59,25 @@ def _add_demo(sub) -> None:
     p.add_argument("--workers", type=int, default=2, help="local Ray CPUs")
 
 
+# Modules that add subcommands: each has ``add_commands(subparsers)`` and ``COMMANDS`` (name ->
+# handler). A new group of commands is a new module named here.
+COMMAND_MODULES = ("raymesh.cli_mesh", "raymesh.cli_edit")
+
+
+def _command_modules():
+    import importlib
+
+    return [importlib.import_module(name) for name in COMMAND_MODULES]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="raymesh", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_build_graph(sub)
     _add_synth(sub)
     _add_demo(sub)
-    from raymesh.cli_mesh import add_mesh_commands
-
-    add_mesh_commands(sub)
-    from raymesh.cli_edit import add_edit_commands
-
-    add_edit_commands(sub)
+    for module in _command_modules():
+        module.add_commands(sub)
     return parser
 
 
@@ -196,10 +203,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # a usage error (already printed, one line) or -h
         return exc.code if isinstance(exc.code, int) else 2
-    from raymesh.cli_edit import EDIT_COMMANDS
-    from raymesh.cli_mesh import MESH_COMMANDS
-
-    handler = {**COMMANDS, **MESH_COMMANDS, **EDIT_COMMANDS}[args.command]
+    handlers = dict(COMMANDS)
+    for module in _command_modules():
+        handlers.update(module.COMMANDS)
+    handler = handlers[args.command]
     try:
         return handler(args)
     except (*USER_ERRORS, CLIError, *PATH_ERRORS) as exc:

@@ -53,7 +53,7 @@ def positive_int(text: str) -> int:
     return value
 
 
-def add_edit_commands(sub) -> None:
+def add_commands(sub) -> None:
     e = sub.add_parser("edit", help="merge or split supervoxels in a graph, as PCG's edits do")
     e.add_argument("kind", choices=["merge", "split"])
     e.add_argument("sv_a", type=node_id)
@@ -189,4 +189,4 @@ def cmd_watch(args) -> int:
             executor.shutdown()
 
 
-EDIT_COMMANDS = {"edit": cmd_edit, "remesh": cmd_remesh, "watch": cmd_watch}
+COMMANDS = {"edit": cmd_edit, "remesh": cmd_remesh, "watch": cmd_watch}

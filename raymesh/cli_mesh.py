@@ -18,7 +18,7 @@ def parse_layers(text: str) -> list[int]:
         raise ConfigError(f"--layers {text!r} is not a layer, a range like 2-7 or a list like 2,3") from exc
 
 
-def add_mesh_commands(sub) -> None:
+def add_commands(sub) -> None:
     p = sub.add_parser("mesh", help="mesh layers of a graph into PCG's sharded format")
     p.add_argument("--graph", help="graph store URL (sqlite:///..., bigtable://...)")
     p.add_argument("--config", help="YAML job config (configs/); flags override it")
@@ -138,4 +138,4 @@ def cmd_verify(args) -> int:
     return run_verify(args)
 
 
-MESH_COMMANDS = {"mesh": cmd_mesh, "info": cmd_info, "verify": cmd_verify}
+COMMANDS = {"mesh": cmd_mesh, "info": cmd_info, "verify": cmd_verify}
