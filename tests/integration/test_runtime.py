@@ -120,3 +120,25 @@ def test_interrupted_run_resumes_to_identical_shards(graph, synthetic, tmp_path)
     clean = MeshConfig(graph=graph.store_url, layers=[2, 3, 4], mip=0, time_stamp=2e9, executor="serial", force=True)
     run(clean, progress=False)
     assert resumed == all_shards(MeshJob(clean), (2, 3, 4))
+
+
+def test_verify_on_ray_reports_what_serial_reports(ray_local, graph):
+    """verify's chunk checks run as Ray tasks (the job pickles to the workers) with the same answer."""
+    import os
+
+    from actors.ray_executor import RayExecutor
+    from raymesh.executors import SerialExecutor
+    from raymesh.storage import local_path
+    from raymesh.verify.runner import verify
+
+    config = MeshConfig(graph=graph.store_url, layers=[2, 3, 4], mip=0, time_stamp=2e9, mesh_dir="verify_ray",
+                        graph_meta="skip")
+    assert not run(config, executor=RayExecutor(), progress=False).failed
+    folder = os.path.join(local_path(MeshJob(config).mesh_url), "initial", "2")
+    os.remove(max((os.path.join(folder, n) for n in os.listdir(folder)), key=os.path.getsize))
+    on_ray = verify(MeshJob(config), [2, 3, 4], RayExecutor())
+    serial = verify(MeshJob(config), [2, 3, 4], SerialExecutor())
+    key = lambda r: sorted((p.kind, p.layer, tuple(p.chunk or ()), p.node or 0) for p in r.problems)  # noqa: E731
+    assert key(on_ray) == key(serial) and on_ray.by_kind().get("missing_shard") == 1
+    assert [(t.chunks, t.fragments, t.expected) for t in on_ray.layers] == \
+        [(t.chunks, t.fragments, t.expected) for t in serial.layers]
