@@ -30,10 +30,12 @@ NODE_BYTES_PER_CHILD_BYTE = 160
 
 @dataclass(frozen=True)
 class TaskRequest:
-    """What one task asks the scheduler for: bytes of memory and custom resources."""
+    """What one task asks the scheduler for: bytes of memory, custom resources, and the one CPU
+    every Ray task takes by default."""
 
     memory: int
     resources: dict[str, float] = field(default_factory=dict)
+    cpus: float = 1.0
 
 
 def l2_request(block_shape, budget: int) -> int:
@@ -101,14 +103,20 @@ def layer_resources(layer: int, highmem_layer: int | None, highmem_resource: str
 
 def unsatisfiable(request: TaskRequest, nodes: list[dict[str, float]]) -> str | None:
     """Why no node can run ``request`` (None when one can). ``nodes`` are total resources per
-    alive node, as Ray reports them (``memory`` in bytes, custom resources by name)."""
-    if any(node.get("memory", 0) >= request.memory
-           and all(node.get(name, 0) >= amount for name, amount in request.resources.items())
-           for node in nodes):
+    alive node, as Ray reports them (``memory`` in bytes, ``CPU``, custom resources by name):
+    every resource the task asks for, on one node."""
+    def fits(node: dict[str, float]) -> bool:
+        return (node.get("memory", 0) >= request.memory and node.get("CPU", 0) >= request.cpus
+                and all(node.get(name, 0) >= amount for name, amount in request.resources.items()))
+
+    if any(fits(node) for node in nodes):
         return None
-    biggest = max((node.get("memory", 0) for node in nodes), default=0)
     wanted = [name for name in request.resources if not any(node.get(name, 0) for node in nodes)]
     if wanted:
         return f"no node has the custom resource {', '.join(repr(w) for w in wanted)}"
-    return (f"it asks for {request.memory / 2**30:.2f} GiB of memory and the biggest node offers "
+    if not any(node.get("CPU", 0) >= request.cpus for node in nodes):
+        return (f"no node offers {request.cpus:g} CPU for tasks (a head started with no CPUs and no worker "
+                "node up yet?)")
+    biggest = max((node.get("memory", 0) for node in nodes if node.get("CPU", 0) >= request.cpus), default=0)
+    return (f"it asks for {request.memory / 2**30:.2f} GiB of memory and the biggest node with a CPU offers "
             f"{biggest / 2**30:.2f} GiB")

@@ -72,7 +72,25 @@ def test_more_memory_than_any_node_has_is_refused_naming_layer_and_budget(graph)
     try:
         config = MeshConfig(graph=graph.store_url, layers=[2], mip=0, force=True, memory_budget="4GiB")
         with pytest.raises(ConfigError, match=r"layer 2 cannot be placed: it asks for 0\.\d\d GiB of memory and "
-                                              r"the biggest node offers 0\.10 GiB \(memory budget 4\.00 GiB"):
+                                              r"the biggest node with a CPU offers 0\.10 GiB \(memory budget 4\.00 GiB"):
+            run(config, executor=RayExecutor(), progress=False)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def test_a_head_without_cpus_and_no_worker_fails_naming_the_layer(graph):
+    """A KubeRay-shaped head (no task CPUs) before any worker node is up: the job fails after
+    placement_timeout naming the layer, instead of waiting forever (issue 23)."""
+    import ray
+
+    from actors.ray_executor import RayExecutor
+
+    cluster, _ = _cluster({"num_cpus": 0}, [])
+    try:
+        config = MeshConfig(graph=graph.store_url, layers=[2], mip=0, force=True, mesh_dir="no_cpu",
+                            placement_timeout=1)
+        with pytest.raises(ConfigError, match=r"layer 2 cannot be placed: no node offers 1 CPU for tasks"):
             run(config, executor=RayExecutor(), progress=False)
     finally:
         ray.shutdown()

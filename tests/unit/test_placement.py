@@ -45,12 +45,24 @@ def test_highmem_resource_from_the_threshold_layer_up():
 
 
 def test_unsatisfiable_names_the_shortfall():
-    nodes = [{"memory": 8 * GiB, "CPU": 4}, {"memory": 64 * GiB, "raymesh_highmem": 1}]
+    nodes = [{"memory": 8 * GiB, "CPU": 4}, {"memory": 64 * GiB, "CPU": 4, "raymesh_highmem": 1}]
     assert unsatisfiable(TaskRequest(32 * GiB, {"raymesh_highmem": 1.0}), nodes) is None
     assert "no node has the custom resource 'other'" in unsatisfiable(TaskRequest(GiB, {"other": 1.0}), nodes)
     assert "asks for 96.00 GiB" in unsatisfiable(TaskRequest(96 * GiB), nodes)
     # Memory and resource must be on the same node.
-    assert unsatisfiable(TaskRequest(32 * GiB, {"CPU": 4}), nodes) is not None
+    assert unsatisfiable(TaskRequest(32 * GiB, {"CPU": 4}), nodes) is None
+    assert unsatisfiable(TaskRequest(32 * GiB, {"CPU": 5}), nodes) is not None
+    assert unsatisfiable(TaskRequest(32 * GiB, {"small": 1}), nodes + [{"memory": GiB, "CPU": 1, "small": 1}]) \
+        is not None
+
+
+def test_unsatisfiable_counts_cpus():
+    """A head with no task CPUs fits nothing, however much memory it has (issue 23)."""
+    head = {"memory": 64 * GiB, "CPU": 0.0, "raymesh_highmem": 1}
+    assert "no node offers 1 CPU" in unsatisfiable(TaskRequest(GiB), [head])
+    assert unsatisfiable(TaskRequest(GiB), [head, {"memory": 2 * GiB, "CPU": 1}]) is None
+    assert "biggest node with a CPU offers 2.00 GiB" in unsatisfiable(TaskRequest(8 * GiB),
+                                                                       [head, {"memory": 2 * GiB, "CPU": 1}])
 
 
 def test_bad_placement_settings_are_config_errors():
