@@ -19,7 +19,7 @@ from raymesh.config import MeshConfig
 from raymesh.draco import MeshGrid
 from raymesh.errors import ConfigError
 from raymesh.graph import open_store
-from raymesh.graph.base import read_ms, to_datetime, utcnow
+from raymesh.graph.base import to_datetime, utcnow
 from raymesh.mesh_layout import RUN_RECORD, default_sharding, failed_key, mesh_info, mesh_metadata, shard_key
 from raymesh.placement import TaskRequest, l2_request, layer_resources, stitch_request, stitch_work
 from raymesh.sharding import ShardError, ShardingSpec, check_shard, synthesize_shard

@@ -147,3 +147,34 @@ def cloudvolume_write(url, labels, encoding, *, resolution, compress=None, chunk
         hi = np.minimum(lo + shard, labels.shape)
         cv[Bbox(lo + offset, hi + offset)] = labels[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2], None]
     return cv
+
+
+def meshed_with_a_merge(synthetic, folder) -> str:
+    """The synthetic graph built into ``folder`` at 2026-01-01, meshed through layer 4 30 s
+    later, then two objects merged a minute in and the merge remeshed into ``dynamic/``; returns
+    the graph URL."""
+    import datetime as dt
+
+    from raymesh.builder import build_graph
+    from raymesh.cli_edit import remesher_for
+    from raymesh.config import MeshConfig
+    from raymesh.driver import run
+    from raymesh.edits import merge
+    from raymesh.graph import open_store
+    from raymesh.volume import read_block
+
+    labels, agg = synthetic
+    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    g = build_graph(labels, str(folder), resolution=SYNTH_RES, chunk_size=SYNTH_CHUNK, agglomeration=agg,
+                    time_stamp=t0)
+    run(MeshConfig(graph=g.store_url, layers=[2, 3, 4], executor="serial",
+                   time_stamp=(t0 + dt.timedelta(seconds=30)).timestamp()), progress=False)
+    store = open_store(g.store_url)
+    meta = store.meta
+    sv = read_block(meta.segmentation_path, 0, np.zeros(3, int), np.asarray(meta.size_at(0)))
+    svs = np.unique(sv[sv > 0])
+    roots = np.asarray(store.get_roots(svs))
+    merge(store, int(svs[0]), int(svs[roots != roots[0]][0]), t0 + dt.timedelta(minutes=1))
+    remesher = remesher_for(g.store_url)
+    remesher.run(remesher.nodes_since(None))
+    return g.store_url

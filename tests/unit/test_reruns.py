@@ -23,8 +23,7 @@ from raymesh.remap import Neighbourhood
 from raymesh.sharding import ShardError, ShardingSpec, check_shard, locate, synthesize_shard
 from raymesh.stitch import plan_chunk
 from raymesh.storage import local_path
-from raymesh.volume import read_block
-from support import SYNTH_CHUNK, SYNTH_RES, file_tree
+from support import SYNTH_CHUNK, SYNTH_RES, file_tree, meshed_with_a_merge
 
 TS = 2e9
 
@@ -276,31 +275,13 @@ def test_a_layer_without_a_single_mesh_is_a_failure():
 # ---- permissions --------------------------------------------------------------------------------
 
 def test_every_output_file_is_readable_by_others(synthetic, tmp_path, monkeypatch):
-    import datetime as dt
-
     import raymesh.storage as storage
-    from raymesh.cli_edit import remesher_for
-    from raymesh.edits import merge
 
     old = os.umask(0o022)
     monkeypatch.setattr(storage, "_UMASK", 0o022)
     try:
-        labels, agg = synthetic
-        t0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
-        g = build_graph(labels, str(tmp_path), resolution=SYNTH_RES, chunk_size=SYNTH_CHUNK, agglomeration=agg,
-                        time_stamp=t0)
-        config = MeshConfig(graph=g.store_url, layers=[2, 3, 4], executor="serial",
-                            time_stamp=(t0 + dt.timedelta(seconds=30)).timestamp())
-        run(config, progress=False)
-        store = open_store(g.store_url)
-        meta = store.meta
-        sv = read_block(meta.segmentation_path, 0, np.zeros(3, int), np.asarray(meta.size_at(0)))
-        svs = np.unique(sv[sv > 0])
-        roots = np.asarray(store.get_roots(svs))
-        merge(store, int(svs[0]), int(svs[roots != roots[0]][0]), t0 + dt.timedelta(minutes=1))
-        remesher = remesher_for(g.store_url)
-        remesher.run(remesher.nodes_since(None))
-        mesh = local_path(MeshJob(config).mesh_url)
+        url = meshed_with_a_merge(synthetic, tmp_path)
+        mesh = local_path(MeshJob(MeshConfig(graph=url)).mesh_url)
         modes = {}
         for base, _, names in os.walk(mesh):
             for name in names:

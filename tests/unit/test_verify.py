@@ -11,18 +11,13 @@ import shutil
 import numpy as np
 import pytest
 
-from raymesh.builder import build_graph
 from raymesh.cli import main as cli
 from raymesh.config import MeshConfig
-from raymesh.draco import decode, encode
-from raymesh.driver import run
-from raymesh.graph import open_store
 from raymesh.job import MeshJob
 from raymesh.sharding import locate
 from raymesh.storage import local_path
 from raymesh.verify.checks import seam_cracks
-from raymesh.volume import read_block
-from support import SYNTH_CHUNK, SYNTH_RES, file_tree
+from support import file_tree, meshed_with_a_merge
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 
@@ -30,23 +25,8 @@ T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 @pytest.fixture(scope="module")
 def pristine(synthetic, tmp_path_factory):
     """The synthetic graph meshed through layer 4, one merge remeshed into dynamic/; copied per test."""
-    from raymesh.cli_edit import remesher_for
-    from raymesh.edits import merge
-
-    labels, agg = synthetic
     root = tmp_path_factory.mktemp("verify")
-    g = build_graph(labels, str(root / "g"), resolution=SYNTH_RES, chunk_size=SYNTH_CHUNK, agglomeration=agg,
-                    time_stamp=T0)
-    run(MeshConfig(graph=g.store_url, layers=[2, 3, 4], executor="serial",
-                   time_stamp=(T0 + dt.timedelta(seconds=30)).timestamp()), progress=False)
-    store = open_store(g.store_url)
-    meta = store.meta
-    sv = read_block(meta.segmentation_path, 0, np.zeros(3, int), np.asarray(meta.size_at(0)))
-    svs = np.unique(sv[sv > 0])
-    roots = np.asarray(store.get_roots(svs))
-    merge(store, int(svs[0]), int(svs[roots != roots[0]][0]), T0 + dt.timedelta(minutes=1))
-    remesher = remesher_for(g.store_url)
-    remesher.run(remesher.nodes_since(None))
+    meshed_with_a_merge(synthetic, root / "g")
     return root / "g"
 
 
