@@ -287,16 +287,19 @@ class ChunkLayout:
         return cached
 
     def _stop_layer(self, l2_coords: tuple[int, int, int]) -> int:
+        # Chunk coordinates per layer (fanout 2: a right shift per layer) stand in for the chunk
+        # ids PCG compares; a neighbour whose chunk at some layer has no id is skipped, as PCG's
+        # id arithmetic skips it.
+        layers = range(2, self.n_layers + 1)
+        limits = [1 << self.spatial_bits_of(layer) for layer in layers]
         lists = []
         cx, cy, cz = l2_coords
         for x in (cx, cx + 1):
             for y in (cy, cy + 1):
                 for z in (cz, cz + 1):
-                    try:
-                        cid = int(self.chunk_id(2, x, y, z))
-                        lists.append(self.parent_chunk_ids(cid))
-                    except GraphLayoutError:
-                        continue
+                    chain = [(x >> i, y >> i, z >> i) for i in range(len(limits))]
+                    if all(0 <= v < limit for c, limit in zip(chain, limits) for v in c):
+                        lists.append(chain)
         first = lists[0]
         for i in range(len(first)):
             if all(lst[i] == first[i] for lst in lists):

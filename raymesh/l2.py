@@ -7,6 +7,7 @@ and when they run and writes the shard.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -247,36 +248,71 @@ def upper_plane(labels: np.ndarray, seg: np.ndarray, hood: Neighbourhood, axis: 
     return np.where(theirs == 0, beside, theirs)
 
 
-def neighbour_planes(meta, grid: MeshGrid, labels: np.ndarray, upper: list[tuple[int, list[int], Neighbourhood]],
-                     dust_threshold: int | None = None) -> tuple[dict[int, np.ndarray], dict[tuple[int, ...], np.ndarray]]:
+class RemapCache:
+    """Blocks read and remapped (``read_l2_block`` + ``remap_chunk``) by chunk, for one graph
+    state. A chunk's upper neighbours and the chunks around its edge lines are the chunks meshed
+    next, so with the cache kept for the process (``remap_cache``) each block is read and
+    remapped about once instead of up to four times. The arrays handed out are read-only: they
+    are shared."""
+
+    def __init__(self, meta, grid: MeshGrid, dust_threshold: int | None, key=None, size: int = 16):
+        self.meta, self.grid, self.dust_threshold, self.key, self.size = meta, grid, dust_threshold, key, size
+        self._items: OrderedDict[tuple[int, ...], tuple[np.ndarray, np.ndarray]] = OrderedDict()
+
+    def get(self, coords, hood: Neighbourhood) -> tuple[np.ndarray, np.ndarray]:
+        """``(supervoxels, layer-2 labels)`` of a chunk's block; ``hood`` must be the chunk's own
+        neighbourhood (``fetch_neighbourhoods`` answers the same for it in any batch)."""
+        c = tuple(int(v) for v in coords)
+        hit = self._items.get(c)
+        if hit is not None:
+            self._items.move_to_end(c)
+            return hit
+        seg = read_l2_block(self.meta, self.grid, c)
+        labels = remap_chunk(seg, hood, dust_threshold=self.dust_threshold)
+        seg.flags.writeable = labels.flags.writeable = False
+        self._items[c] = (seg, labels)
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+        return seg, labels
+
+
+_PROCESS_CACHE: RemapCache | None = None
+
+
+def remap_cache(store, grid: MeshGrid, time_stamp, dust_threshold: int | None) -> RemapCache:
+    """The process's cache for this graph state (a Ray worker runs one task after another, a
+    serial run every chunk): a new one when the graph, time stamp, mip or dust threshold change.
+    Without a time stamp ("now", which moves) nothing is kept beyond one chunk."""
+    global _PROCESS_CACHE
+    if time_stamp is None:
+        return RemapCache(store.meta, grid, dust_threshold)
+    from raymesh.graph.base import read_ms
+
+    key = (getattr(store, "url", id(store)), store.meta.segmentation_path, grid.mip, read_ms(time_stamp),
+           dust_threshold)
+    if _PROCESS_CACHE is None or _PROCESS_CACHE.key != key:
+        _PROCESS_CACHE = RemapCache(store.meta, grid, dust_threshold, key=key)
+    return _PROCESS_CACHE
+
+
+def neighbour_planes(grid: MeshGrid, labels: np.ndarray, upper: list[tuple[int, list[int], Neighbourhood]],
+                     cache: RemapCache) -> dict[int, np.ndarray]:
     """``upper_plane`` of each upper neighbour (``remap.fetch_with_upper``), skipped where this
-    chunk has nothing on the plane (no patch is possible there), and the neighbours' remapped
-    blocks it read, by coords (``corner_views`` reuses them)."""
-    planes, remapped = {}, {}
+    chunk has nothing on the plane (no patch is possible there)."""
+    planes = {}
     for axis, up, hood in upper:
         if labels.shape[axis] <= int(grid.block_shape(2)[axis]) or not np.take(labels, -1, axis=axis).any():
             continue
-        seg = read_l2_block(meta, grid, up)
-        remapped[tuple(up)] = remap_chunk(seg, hood, dust_threshold=dust_threshold)
-        planes[axis] = upper_plane(remapped[tuple(up)], seg, hood, axis)
-    return planes, remapped
-
-
-def _views(store, grid: MeshGrid, hoods: dict[tuple[int, ...], Neighbourhood], remapped, dust_threshold) -> dict:
-    """``corners.ChunkView`` of each chunk, from its neighbourhood and its own block (remapped
-    here unless ``remapped`` already holds it)."""
-    def labels(c, h):
-        if c in remapped:
-            return remapped[c]
-        return remap_chunk(read_l2_block(store.meta, grid, c), h, dust_threshold=dust_threshold)
-    return {c: ChunkView(labels(c, h), uncovered_by_lower(h)) for c, h in hoods.items()}
+        seg, theirs = cache.get(up, hood)
+        planes[axis] = upper_plane(theirs, seg, hood, axis)
+    return planes
 
 
 def corner_views(store, grid: MeshGrid, coords, view: ChunkView, known: dict[tuple[int, ...], Neighbourhood],
-                 time_stamp=None, dust_threshold=None, remapped=None) -> tuple[list[tuple[int, int]], dict]:
+                 cache: RemapCache, time_stamp=None) -> tuple[list[tuple[int, int]], dict]:
     """The corner-column pairs of a chunk (``corners.corner_pairs``) and the views of the chunks
     around each edge line, read in one more batch only where a pair needs them (neighbourhoods
-    in ``known`` and blocks in ``remapped`` are not read again)."""
+    in ``known`` are not read again, nor blocks in ``cache``)."""
     layout = grid.layout
     bounds = layout.layer_chunk_bounds(2)
     pairs = [(a, b) for a, b in corner_pairs(view, grid.block_shape(2))
@@ -287,7 +323,7 @@ def corner_views(store, grid: MeshGrid, coords, view: ChunkView, known: dict[tup
     missing = [c for c in needed if c not in known]
     hoods = {**{c: known[c] for c in needed if c in known},
              **dict(zip(missing, fetch_neighbourhoods(store, missing, time_stamp=time_stamp) if missing else []))}
-    views = _views(store, grid, hoods, remapped or {}, dust_threshold)
+    views = {c: ChunkView(cache.get(c, h)[1], uncovered_by_lower(h)) for c, h in hoods.items()}
     return pairs, {k: {(a, b): views[pair_chunks(coords, a, b)[k]] for a, b in pairs} for k in ("P", "M", "U")}
 
 
@@ -299,16 +335,16 @@ def mesh_l2_chunk(store, grid: MeshGrid, coords, *, time_stamp=None, max_error: 
     coords = tuple(int(c) for c in coords)
     chunk_id = int(layout.chunk_id(2, *coords))
     hood, upper = fetch_with_upper(store, coords, time_stamp=time_stamp)
-    seg = read_l2_block(store.meta, grid, coords)
+    cache = remap_cache(store, grid, time_stamp, dust_threshold)
+    seg, labels = cache.get(coords, hood)
     why = block_mismatch(seg, hood, grid.block_shape(2))
     if why is not None:
         return ChunkMeshes(chunk_id, 2, failures=[_mismatch_failure(store.meta, grid, coords, why)],
                            n_nodes=len(hood.own))
-    labels = remap_chunk(seg, hood, dust_threshold=dust_threshold)
     view = ChunkView(labels, uncovered_by_lower(hood))
-    planes, remapped = neighbour_planes(store.meta, grid, labels, upper, dust_threshold)
+    planes = neighbour_planes(grid, labels, upper, cache)
     known = {tuple(up): h for _, up, h in upper}
-    pairs, views = corner_views(store, grid, coords, view, known, time_stamp, dust_threshold, remapped)
+    pairs, views = corner_views(store, grid, coords, view, known, cache, time_stamp)
     caps = cap_meshes(labels, view.uncovered, grid.resolution, max_error, drops=corner_drops(view, pairs, views))
     if pairs:
         above_p = {a: upper_plane(labels, seg, hood, a) for a in sorted({a for a, _ in pairs})}

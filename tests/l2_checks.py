@@ -7,7 +7,7 @@ import zmesh
 
 from raymesh.draco import decode, encode
 from raymesh.corners import ChunkView, corner_patches
-from raymesh.l2 import corner_views, neighbour_planes, read_l2_block, seam_patches, simplified_meshes, upper_plane
+from raymesh.l2 import RemapCache, corner_views, neighbour_planes, read_l2_block, seam_patches, simplified_meshes, upper_plane
 from raymesh.mesh_layout import shard_key
 from raymesh.remap import fetch_neighbourhood, fetch_with_upper, remap_chunk, uncovered_by_lower
 from raymesh.sharding import disassemble_shard
@@ -29,15 +29,15 @@ def assert_matches_direct_zmesh(job, coords) -> int:
     """
     grid = job.grid
     chunk = int(grid.layout.chunk_id(2, *coords))
-    seg = read_l2_block(job.meta, grid, coords)
     hood, upper = fetch_with_upper(job.store, coords, job.time_stamp)
-    labels = remap_chunk(seg, hood)
+    cache = RemapCache(job.meta, grid, None)  # its own, not the process's: this check reads afresh
+    seg, labels = cache.get(coords, hood)
     uncovered = uncovered_by_lower(hood)
-    planes, remapped = neighbour_planes(job.meta, grid, labels, upper)
+    planes = neighbour_planes(grid, labels, upper, cache)
     patched = set(seam_patches(labels, planes, grid.resolution))
     view = ChunkView(labels, uncovered)
-    pairs, views = corner_views(job.store, grid, tuple(coords), view, {tuple(up): h for _, up, h in upper}, job.time_stamp,
-                                 remapped=remapped)
+    pairs, views = corner_views(job.store, grid, tuple(coords), view, {tuple(up): h for _, up, h in upper}, cache,
+                                 job.time_stamp)
     if pairs:
         above = {a: upper_plane(labels, seg, hood, a) for a, _ in pairs}
         patched |= set(corner_patches(view, pairs, views, above, grid.resolution))

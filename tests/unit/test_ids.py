@@ -93,3 +93,34 @@ def test_bad_layouts():
         ChunkLayout.from_voxels([10, 10, 10], [0, 4, 4])
     with pytest.raises(GraphLayoutError, match="FANOUT"):
         ChunkLayout(n_layers=4, n_chunks=(4, 4, 4), fanout=3)
+
+
+def _stop_layer_by_ids(layout, l2_coords):
+    """PCG's way (6.3 step 1): compare the neighbours' ancestor chunk ids layer by layer,
+    skipping a neighbour whose id arithmetic fails."""
+    from raymesh.ids import GraphLayoutError
+
+    lists = []
+    cx, cy, cz = (int(v) for v in l2_coords)
+    for x in (cx, cx + 1):
+        for y in (cy, cy + 1):
+            for z in (cz, cz + 1):
+                try:
+                    lists.append(layout.parent_chunk_ids(int(layout.chunk_id(2, x, y, z))))
+                except GraphLayoutError:
+                    continue
+    first = lists[0]
+    return next(2 + i for i in range(len(first)) if all(lst[i] == first[i] for lst in lists))
+
+
+@pytest.mark.parametrize("voxels, chunk, bits", [
+    ((512, 512, 512), (64, 64, 64), 10), ((2048, 2048, 512), (64, 64, 64), 10), ((96, 96, 48), (32, 32, 16), 10),
+    ((256, 256, 256), (16, 16, 16), 4), ((1024, 1024, 1024), (4, 4, 4), 8)])
+def test_stop_layer_from_coordinates_equals_pcgs_id_comparison(voxels, chunk, bits):
+    layout = ChunkLayout.from_voxels(voxels, chunk, spatial_bits=bits)
+    bounds = layout.layer_chunk_bounds(2)
+    rng = np.random.default_rng(0)
+    coords = [tuple(int(rng.integers(0, b)) for b in bounds) for _ in range(300)]
+    coords += [(0, 0, 0), tuple(b - 1 for b in bounds)]
+    for c in coords:
+        assert layout.stop_layer(c) == _stop_layer_by_ids(layout, c), c
