@@ -61,7 +61,7 @@ def _add_demo(sub) -> None:
 
 # Modules that add subcommands: each has ``add_commands(subparsers)`` and ``COMMANDS`` (name ->
 # handler). A new group of commands is a new module named here.
-COMMAND_MODULES = ("raymesh.cli_mesh", "raymesh.cli_edit")
+COMMAND_MODULES = ("raymesh.cli_mesh", "raymesh.cli_edit", "raymesh.cli_view")
 
 
 def _command_modules():

@@ -14,7 +14,7 @@ import numpy as np
 
 from raymesh.draco import DracoError, decode
 from raymesh.errors import MeshingError
-from raymesh.mesh_layout import dynamic_name, mesh_metadata
+from raymesh.mesh_layout import mesh_metadata
 from raymesh.sharding import ShardError, check_shard, disassemble_shard
 from raymesh.verify.geometry import edge_use, merged, surface_labels, unmerged_seam_vertices
 
@@ -209,85 +209,28 @@ def seam_cracks(vertices: np.ndarray, faces: np.ndarray, planes) -> int:
 
 # ---- roots, edits, metadata ---------------------------------------------------------------------
 
-def current_roots(job) -> list[int]:
-    """The graph's roots now (a root an edit superseded is left out)."""
-    store, layout = job.store, job.meta.layout
-    top = layout.n_layers
-    roots = []
-    for coords in layout.iter_chunk_coords(top):
-        nodes = store.range_read_chunk(layout.chunk_id(top, *coords), time_stamp=None)
-        if not nodes:
-            continue
-        ids = np.array(sorted(nodes), dtype=np.uint64)
-        first = np.array([nodes[int(n)][0] for n in ids], dtype=np.uint64)
-        now = np.asarray(store.get_roots(first))
-        roots += [int(n) for n, r in zip(ids, now) if int(n) == int(r)]
-    return sorted(roots)
-
-
-class FragmentSource:
-    """Fragments as viewers read them: ``dynamic/`` for nodes made after the initial meshes,
-    the initial shards for the others."""
-
-    def __init__(self, job):
-        self.job = job
-        self.reader = job.fragment_reader()
-        self.initial_ms = int(round(job.record.initial_ts * 1000))
-        self._ts: dict[int, int] = {}
-
-    def _new(self, nodes: list[int]) -> dict[int, bool]:
-        todo = [n for n in nodes if n not in self._ts]
-        if todo:
-            stamps = self.job.store.get_node_timestamps(np.array(todo, dtype=np.uint64))
-            self._ts.update(zip(todo, (int(t) for t in stamps)))
-        return {n: self._ts[n] > self.initial_ms for n in nodes}
-
-    def dynamic_key(self, node: int) -> str:
-        from raymesh.mesh_layout import DYNAMIC
-
-        return f"{DYNAMIC}/{dynamic_name(self.job.meta.layout, self.job.meta.chunk_size, node)}"
-
-    def has_mesh(self, node: int) -> bool:
-        """Whether a viewer finds a mesh for ``node`` (a missing or unsound shard holds none;
-        the chunk check reports it)."""
-        if self._new([int(node)])[int(node)]:
-            return self.job.bucket.exists(self.dynamic_key(node))
-        try:
-            return self.reader.locate(int(node)) is not None
-        except MeshingError:
-            return False
-
-    def read(self, node: int) -> bytes | None:
-        if self._new([int(node)])[int(node)]:
-            return self.job.bucket.read(self.dynamic_key(node))
-        try:
-            return self.reader.read(int(node))
-        except MeshingError:
-            return None
-
-
-def check_root(job, root: int, source: FragmentSource | None = None) -> RootCheck:
+def check_root(job, root: int, viewer) -> RootCheck:
     """The fragments a viewer loads for ``root`` (PCG's verified manifest from the highest meshed
-    layer): every node above layer 2 it lists has a mesh that decodes, and an object touching no
-    face of the dataset is closed."""
+    layer, ``export.fragments.ViewerMeshes``): every node above layer 2 it lists has a mesh that
+    decodes, and no edge is open away from the dataset's faces."""
     from raymesh.manifest import manifest_nodes
 
-    source = source or FragmentSource(job)
     out = RootCheck(int(root))
     layout = job.meta.layout
-    nodes = manifest_nodes(job.store, root, job.record.max_layer, source.has_mesh)
+    fragments = {f.node: f for f in viewer.fragments(int(root))}
+    nodes = manifest_nodes(job.store, root, viewer.max_layer, lambda n: int(n) in fragments)
     frags = []
     for node in nodes:
-        data = source.read(node)
-        if data is None:
+        if node not in fragments:
             if layout.get_chunk_layer(node) > 2:
                 out.problems.append(Problem("incomplete_manifest", f"root {root}: node {node} has no mesh",
                                             int(layout.get_chunk_layer(node)), None, node))
             continue
-        out.bytes += len(data)
         try:
+            data = viewer.read(fragments[node])
+            out.bytes += len(data)
             frags.append(decode(data))
-        except DracoError as exc:
+        except (DracoError, MeshingError) as exc:
             out.problems.append(Problem("undecodable", f"root {root}: node {node}: {exc}",
                                         int(layout.get_chunk_layer(node)), None, node))
     out.fragments = len(frags)
@@ -314,7 +257,7 @@ def check_root(job, root: int, source: FragmentSource | None = None) -> RootChec
     return out
 
 
-def check_dynamic(job) -> tuple[list[Problem], int]:
+def check_dynamic(job, viewer) -> tuple[list[Problem], int]:
     """Every node an edit made since the initial meshes that gets a mesh has its fragment in
     ``dynamic/``; returns the problems and how many nodes were checked."""
     from raymesh.remesh import Remesher
@@ -323,7 +266,6 @@ def check_dynamic(job) -> tuple[list[Problem], int]:
         return [], 0
     remesher = Remesher(job)
     nodes = remesher.nodes_since(None)
-    source = FragmentSource(job)
     problems, checked = [], 0
     store, layout = job.store, job.meta.layout
     for layer, ids in sorted(nodes.items()):
@@ -333,10 +275,10 @@ def check_dynamic(job) -> tuple[list[Problem], int]:
             if layer > 2 and len(store.get_children(node)) < 2:
                 continue  # single-child nodes have no mesh of their own
             checked += 1
-            if not job.bucket.exists(source.dynamic_key(node)):
+            if not job.bucket.exists(viewer.dynamic_key(node)):
                 coords = [int(c) for c in layout.get_chunk_coordinates(node)]
                 problems.append(Problem("missing_dynamic", f"node {node} (made by an edit) has no fragment "
-                                        f"{source.dynamic_key(node)}", layer, coords, node))
+                                        f"{viewer.dynamic_key(node)}", layer, coords, node))
     return problems, checked
 
 

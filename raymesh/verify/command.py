@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 from raymesh.errors import ConfigError
 
@@ -14,23 +13,27 @@ def add_verify_command(sub) -> None:
                        "their chunk's Draco grid and lie in their chunk, no unmerged seams), roots as a viewer "
                        "loads them (interior objects closed), edits' fragments in dynamic/, and the metadata. "
                        "Exit status 0 only when everything checked holds; 1 with a report naming each problem.")
-    p.add_argument("--graph", required=True, help="graph store URL (sqlite:///..., bigtable://...)")
+    p.add_argument("--graph", required=True, help="graph store URL (sqlite:///..., bigtable://...; required)")
     p.add_argument("--mesh-dir", default="graphene_meshes", help="mesh dir below the segmentation (default: %(default)s)")
     p.add_argument("--layers", help="layers to check, e.g. 2-7 (default: 2 up to the highest layer meshed)")
     p.add_argument("--chunk-start", type=int, nargs=3, metavar=("X", "Y", "Z"),
                    help="first chunk of the first layer checked (with --chunk-end; default: all chunks)")
-    p.add_argument("--chunk-end", type=int, nargs=3, metavar=("X", "Y", "Z"), help="chunk range end, exclusive")
+    p.add_argument("--chunk-end", type=int, nargs=3, metavar=("X", "Y", "Z"), help="chunk range end, not included (with --chunk-start)")
     p.add_argument("--roots", type=int, nargs="+", metavar="ID",
                    help="roots to check as a viewer loads them (default: up to --max-roots of the graph's roots)")
     p.add_argument("--max-roots", type=int, default=200, help="roots checked when --roots is not given (default: %(default)s)")
     p.add_argument("--sample", type=float, default=1.0,
                    help="fraction of chunks checked, a fixed hash of their position (default: %(default)s, all)")
-    p.add_argument("--json", help="write the full report as JSON here (what --repair reads)")
-    p.add_argument("--html", help="write a report page with plots here")
+    p.add_argument("--json", metavar="FILE", help="write the full report as JSON to FILE, what --repair reads "
+                   "(- for stdout; default: none)")
+    p.add_argument("--html", metavar="FILE", help="write a report page with plots to FILE (default: none)")
     p.add_argument("--executor", choices=["ray", "serial"], default="ray",
                    help="run chunk checks on Ray or in this process (default: %(default)s)")
-    p.add_argument("--workers", type=int, help="local Ray CPUs (default: all)")
-    p.add_argument("--address", help="Ray address: auto, ray://host:10001 (default: a local Ray)")
+    p.add_argument("--workers", type=int, help="CPUs of the local Ray this starts (default: all)")
+    p.add_argument("--address", help="Ray cluster: auto, ray://HEAD:10001 or HEAD:6379; with token authentication "
+                   "set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (default: start a local Ray)")
+    p.add_argument("--quiet", "-q", action="store_true",
+                   help="print only the problems found (the exit status says the rest)")
 
 
 def cmd_verify(args) -> int:
@@ -51,32 +54,34 @@ def cmd_verify(args) -> int:
                          workers=args.workers, address=args.address)
     job = MeshJob(config)
     job.validate()
-    executor = make_executor(config)
+    executor = make_executor(config, quiet=args.quiet)
     try:
         report = verify(job, layers, executor, roots=args.roots, sample=args.sample, max_roots=args.max_roots)
     finally:
         executor.shutdown()
-    if args.json:
+    from raymesh.cli import Output
+
+    out = Output(args.quiet)  # people: stderr; the JSON report: stdout with --json -
+    if args.json == "-":
+        out.data(to_json(report))
+    elif args.json:
         with open(args.json, "w") as f:
             f.write(to_json(report))
     if args.html:
         with open(args.html, "w") as f:
             f.write(to_html(report))
-    for t in report.layers:
-        print(f"layer {t.layer}: {t.chunks} chunks, {t.fragments} fragments of {t.expected} nodes to mesh, "
-              f"{t.bytes} bytes, {t.problems} problems")
-    print(f"roots: {report.roots_checked} checked, {report.roots_closed} of {report.roots_interior} interior "
-          f"objects closed; {report.dynamic_checked} nodes made by edits checked")
+    out.say(*(f"layer {t.layer}: {t.chunks} chunks, {t.fragments} fragments of {t.expected} nodes to mesh, "
+              f"{t.bytes} bytes, {t.problems} problems" for t in report.layers))
+    out.say(f"roots: {report.roots_checked} checked, {report.roots_closed} of {report.roots_interior} interior "
+            f"objects closed; {report.dynamic_checked} nodes made by edits checked")
     if report.ok:
-        print(f"verified: {report.mesh_path} is complete and sound ({report.seconds:.1f} s)")
+        out.say(f"verified: {report.mesh_path} is complete and sound ({report.seconds:.1f} s)")
         return 0
-    for kind, n in sorted(report.by_kind().items()):
-        print(f"  {kind}: {n}", file=sys.stderr)
-    for p in report.problems[:20]:
-        print(f"  problem: {p.kind}: {p.detail}", file=sys.stderr)
-    more = f"; all of them in {args.json}" if args.json else "; --json FILE lists them all"
-    print(f"{len(report.problems)} problems{more}. `raymesh mesh --graph {args.graph} --repair REPORT.json` "
-          "redoes what the report names", file=sys.stderr)
+    out.error(*(f"  {kind}: {n}" for kind, n in sorted(report.by_kind().items())))
+    out.error(*(f"  problem: {p.kind}: {p.detail}" for p in report.problems[:20]))
+    more = f"; all of them in {args.json}" if args.json and args.json != "-" else "; --json FILE lists them all"
+    out.error(f"{len(report.problems)} problems{more}. `raymesh mesh --graph {args.graph} --repair REPORT.json` "
+              "redoes what the report names")
     return 1
 
 

@@ -12,8 +12,10 @@ import zlib
 from dataclasses import asdict, dataclass, field
 from functools import partial
 
-from raymesh.verify.checks import (KINDS, ChunkCheck, FragmentSource, Problem, RootCheck, check_chunk,
-                                   check_dynamic, check_metadata, check_root, current_roots)
+from raymesh.errors import ConfigError
+
+from raymesh.verify.checks import (KINDS, ChunkCheck, Problem, RootCheck, check_chunk, check_dynamic,
+                                   check_metadata, check_root)
 
 
 @dataclass
@@ -87,15 +89,22 @@ def verify(job, layers: list[int], executor, *, roots: list[int] | None = None, 
             if progress is not None:
                 progress(check)
         report.layers.append(tally)
-    dynamic, report.dynamic_checked = check_dynamic(job)
+    from raymesh.export.fragments import ViewerMeshes
+
+    try:
+        viewer = ViewerMeshes(job.config.graph, job.config.mesh_dir)
+    except ConfigError as exc:  # no complete layer yet: nothing a viewer could load
+        report.problems.append(Problem("metadata", str(exc)))
+        report.seconds = round(time.perf_counter() - t0, 3)
+        return report
+    dynamic, report.dynamic_checked = check_dynamic(job, viewer)
     report.problems += dynamic
-    source = FragmentSource(job)
     if roots is None:
-        every = current_roots(job)
+        every = viewer.current_roots()
         roots = sorted(every, key=lambda r: zlib.crc32(str(r).encode()))[:max_roots] if sample < 1 or \
             len(every) > max_roots else every
     for root in roots:
-        rc: RootCheck = check_root(job, int(root), source)
+        rc: RootCheck = check_root(job, int(root), viewer)
         report.roots_checked += 1
         report.roots_interior += rc.interior
         report.roots_closed += rc.interior and not rc.open_edges
