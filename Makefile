@@ -6,14 +6,17 @@ DEMO_OUT ?= demo_out
 
 .PHONY: venv demo test test-unit bench clean
 venv: $(VENV)/.installed
+# Quiet, but not silent: pip still prints errors and deprecations. setuptools' note on every
+# editable install ("Editable installation ... folders with the same name") is left out.
 $(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test]"
-	touch $@
+	@echo "installing raymesh and its dependencies into $(VENV)/ (first run only: a few minutes)"
+	@$(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip
+	@PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q -e ".[test]"
+	@touch $@
 
 demo: venv
-	$(VENV)/bin/raymesh demo --out $(DEMO_OUT)
+	@$(VENV)/bin/raymesh demo --out $(DEMO_OUT)
 
 test: venv
 	$(PY) -m pytest -q tests

@@ -12,6 +12,30 @@ class CLIError(Exception):
     """A user error: printed as one line, exit status 2."""
 
 
+class Output:
+    """Where a command writes, as Unix tools do: progress and messages for people on stderr (none
+    with ``--quiet`` but errors), machine output (JSON) alone on stdout, so ``raymesh ... --json |
+    jq`` and ``2>log`` work."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+
+    def say(self, *lines: str) -> None:
+        """Messages for people: stderr, unless quiet."""
+        if not self.quiet:
+            for line in lines:
+                print(line, file=sys.stderr, flush=True)
+
+    def error(self, *lines: str) -> None:
+        """Problems the user must see: stderr, even when quiet."""
+        for line in lines:
+            print(line, file=sys.stderr, flush=True)
+
+    def data(self, text: str) -> None:
+        """Machine output: stdout."""
+        print(text, file=sys.stdout, flush=True)
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (the problem, and where the usage is), exit 2."""
 
@@ -34,29 +58,46 @@ def one_line(exc: BaseException) -> str:
 
 
 def _add_build_graph(sub) -> None:
-    p = sub.add_parser("build-graph", help="build a ChunkedGraph (segmentation + hierarchy) from labels")
-    p.add_argument("--labels", required=True, help="precomputed URL, .npy, .npz or .ckl.gz label volume")
-    p.add_argument("--resolution", type=float, nargs=3, required=True, metavar=("RX", "RY", "RZ"))
-    p.add_argument("--chunk-size", type=int, nargs=3, required=True, metavar=("CX", "CY", "CZ"))
-    p.add_argument("--out", required=True, help="output folder (gets ws/ and graph.sqlite)")
-    p.add_argument("--agglomeration", help="JSON {label: object} or two-column .npy/.csv")
-    p.add_argument("--store", help="graph store URL (default sqlite://OUT/graph.sqlite)")
-    p.add_argument("--mips", type=int, default=1, help="2x2x1 downsampled scales to add (default 1)")
-    p.add_argument("--graph-id", help="graph (table) name; default the folder name")
+    p = sub.add_parser("build-graph", help="build a ChunkedGraph (segmentation + hierarchy) from labels",
+                       description="Build a ChunkedGraph from a label volume as PCG's ingest does: the supervoxel "
+                       "segmentation into OUT/ws (precomputed) and the hierarchy into a graph store. Rerunning "
+                       "on the same input is a no-op. Messages go to stderr; --json prints the summary on stdout.")
+    p.add_argument("--labels", required=True, metavar="SRC",
+                   help="label volume: a precomputed URL, or a .npy, .npz or .ckl.gz (crackle) file (required)")
+    p.add_argument("--resolution", type=float, nargs=3, required=True, metavar=("RX", "RY", "RZ"),
+                   help="voxel size in nm at mip 0 (required)")
+    p.add_argument("--chunk-size", type=int, nargs=3, required=True, metavar=("CX", "CY", "CZ"),
+                   help="layer-2 chunk size in voxels, e.g. 256 256 512 as PCG's datasets (required)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder: gets ws/ and graph.sqlite (required)")
+    p.add_argument("--agglomeration", metavar="FILE",
+                   help="which labels form one object: JSON {label: object} or a two-column .npy/.csv "
+                   "(default: each label is its own object)")
+    p.add_argument("--store", metavar="URL", help="graph store to write: sqlite:///abs/graph.sqlite or "
+                   "bigtable://PROJECT/INSTANCE/TABLE (default: sqlite://OUT/graph.sqlite)")
+    p.add_argument("--mips", type=int, default=1, help="2x2x1 downsampled scales to add (default: %(default)s)")
+    p.add_argument("--graph-id", help="graph (table) name (default: the --out folder's name)")
+    p.add_argument("--json", action="store_true", help="print the build summary as JSON on stdout")
 
 
 def _add_synth(sub) -> None:
     p = sub.add_parser("synth", help="write the synthetic demo label volume (.npz) and agglomeration")
-    p.add_argument("--out", required=True, help="folder for labels.npz and agglomeration.json")
-    p.add_argument("--shape", type=int, nargs=3, default=(96, 96, 48))
-    p.add_argument("--objects", type=int, default=6)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for labels.npz and agglomeration.json "
+                   "(required)")
+    p.add_argument("--shape", type=int, nargs=3, default=(96, 96, 48), metavar=("X", "Y", "Z"),
+                   help="volume size in voxels (default: 96 96 48)")
+    p.add_argument("--objects", type=int, default=6, help="branching tubes to draw (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
 
 
 def _add_demo(sub) -> None:
-    p = sub.add_parser("demo", help="synthetic dataset -> graph -> meshes, all local (the README's first command)")
-    p.add_argument("--out", default="demo_out")
-    p.add_argument("--workers", type=int, default=2, help="local Ray CPUs")
+    p = sub.add_parser("demo", help="synthetic dataset -> graph -> meshes, all local (the README's first command)",
+                       description="Builds a small synthetic dataset of branching tubes, its ChunkedGraph "
+                       "(OUT/graph.sqlite, segmentation in OUT/ws) and its meshes, layer 2 up to the root layer. "
+                       "Rerunning reuses what is there.")
+    p.add_argument("--out", default="demo_out", metavar="DIR", help="output folder (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=2,
+                   help="local Ray CPUs, if it runs on Ray (default: %(default)s; the demo is small enough to run "
+                   "in this process)")
 
 
 # Modules that add subcommands: each has ``add_commands(subparsers)`` and ``COMMANDS`` (name ->
@@ -70,9 +111,25 @@ def _command_modules():
     return [importlib.import_module(name) for name in COMMAND_MODULES]
 
 
+DESCRIPTION = ("Mesh ChunkedGraph (PyChunkedGraph) segmentations on Ray, into the sharded format PCG, CloudVolume "
+               "and Neuroglancer read. `raymesh COMMAND -h` explains each command.")
+
+
+def version() -> str:
+    """The installed package's version (its metadata), or the source tree's when not installed."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("raymesh")
+    except PackageNotFoundError:  # run from a source tree without `pip install`
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog="raymesh", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = ArgumentParser(prog="raymesh", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_build_graph(sub)
     _add_synth(sub)
     _add_demo(sub)
@@ -155,11 +212,12 @@ def cmd_build_graph(args) -> int:
     summary = build_graph(labels, args.out, resolution=args.resolution, chunk_size=args.chunk_size,
                           agglomeration=agg, store_url=args.store, graph_id=args.graph_id,
                           downsample_mips=args.mips)
+    out = Output()
     verb = "already built" if summary.already_built else f"built in {summary.seconds:.1f} s"
-    print(f"graph {verb}: {summary.store_url}")
-    for layer, n in summary.node_counts.items():
-        print(f"  layer {layer}: {n} nodes")
-    print(json.dumps(summary.to_dict()))
+    out.say(f"graph {verb}: {summary.store_url}", *(f"  layer {layer}: {n} nodes"
+                                                    for layer, n in summary.node_counts.items()))
+    if args.json:
+        out.data(json.dumps(summary.to_dict()))
     return 0
 
 
@@ -180,7 +238,7 @@ def cmd_synth(args) -> int:
     np.savez_compressed(os.path.join(args.out, "labels.npz"), labels=labels)
     with open(os.path.join(args.out, "agglomeration.json"), "w") as f:
         json.dump({str(k): v for k, v in agg.items()}, f)
-    print(f"wrote {args.out}/labels.npz ({labels.shape}, {len(agg)} labels) and agglomeration.json")
+    Output().say(f"wrote {args.out}/labels.npz ({labels.shape}, {len(agg)} labels) and agglomeration.json")
     return 0
 
 
@@ -209,6 +267,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = handlers[args.command]
     try:
         return handler(args)
+    except BrokenPipeError:  # `raymesh ... --json | head`: the reader went away; say nothing more
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
     except (*USER_ERRORS, CLIError, *PATH_ERRORS) as exc:
         print(f"raymesh {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return 2

@@ -54,34 +54,52 @@ def positive_int(text: str) -> int:
 
 
 def add_commands(sub) -> None:
-    e = sub.add_parser("edit", help="merge or split supervoxels in a graph, as PCG's edits do")
-    e.add_argument("kind", choices=["merge", "split"])
-    e.add_argument("sv_a", type=node_id)
-    e.add_argument("sv_b", type=node_id)
-    e.add_argument("--graph", required=True)
-    e.add_argument("--time-stamp", type=time_stamp, help="POSIX seconds of the edit (default now)")
+    e = sub.add_parser("edit", help="merge or split supervoxels in a graph, as PCG's edits do",
+                       description="Merge two objects (adds an edge between two supervoxels) or split one (removes "
+                       "a minimum edge cut between two of its supervoxels), writing new nodes at the edit's time as "
+                       "PCG does. The message goes to stderr; --json prints the new roots and nodes on stdout.")
+    e.add_argument("kind", choices=["merge", "split"], help="merge two objects, or split one")
+    e.add_argument("sv_a", type=node_id, metavar="SV_A", help="a supervoxel id (layer 1)")
+    e.add_argument("sv_b", type=node_id, metavar="SV_B", help="another supervoxel id")
+    e.add_argument("--graph", required=True, metavar="URL", help="graph store URL (required)")
+    e.add_argument("--time-stamp", type=time_stamp, metavar="T",
+                   help="POSIX seconds of the edit, after the graph's last change (default: now)")
+    e.add_argument("--json", action="store_true", help="print the operation, new roots and new nodes as JSON on stdout")
 
-    r = sub.add_parser("remesh", help="mesh nodes created by edits into <mesh dir>/dynamic/")
-    r.add_argument("--graph", required=True)
+    r = sub.add_parser("remesh", help="mesh nodes created by edits into <mesh dir>/dynamic/",
+                       description="Mesh the nodes edits created (new layer-2 nodes and their new ancestors) with "
+                       "the graph's recorded mesh settings, into <mesh dir>/dynamic/, where CloudVolume and the PCG "
+                       "server look first. Needs a `raymesh mesh` run that wrote the graph meta.")
+    r.add_argument("--graph", required=True, metavar="URL", help="graph store URL (required)")
     g = r.add_mutually_exclusive_group()
-    g.add_argument("--since", type=time_stamp, help="POSIX seconds; default initial_ts (every edit so far)")
-    g.add_argument("--roots", type=node_id, nargs="+", help="new nodes under these roots")
-    g.add_argument("--l2", type=node_id, nargs="+", help="these layer-2 nodes and their new ancestors")
+    g.add_argument("--since", type=time_stamp, metavar="T",
+                   help="nodes made after T, POSIX seconds (default: after initial_ts, i.e. every edit so far)")
+    g.add_argument("--roots", type=node_id, nargs="+", metavar="ID",
+                   help="new nodes under these roots (default: --since's)")
+    g.add_argument("--l2", type=node_id, nargs="+", metavar="ID",
+                   help="these layer-2 nodes and their new ancestors (default: --since's)")
     _runtime_args(r)
-    r.add_argument("--force", action="store_true", help="rewrite fragments already in dynamic/")
+    r.add_argument("--force", action="store_true", help="rewrite fragments already in dynamic/ (default: skip them)")
+    r.add_argument("--json", action="store_true", help="print the remesh summary as JSON on stdout")
 
-    w = sub.add_parser("watch", help="follow the edit log and remesh each edit once, as it arrives")
-    w.add_argument("--graph", required=True)
-    w.add_argument("--interval", type=seconds, default=2.0, help="seconds between polls of the edit log")
-    w.add_argument("--once", action="store_true", help="remesh the pending edits and exit")
+    w = sub.add_parser("watch", help="follow the edit log and remesh each edit once, as it arrives",
+                       description="Poll the graph's edit log and remesh each new edit's nodes once; the place is kept "
+                       "in <mesh dir>/raymesh_watch.json, so a restarted watch goes on where it stopped. Ctrl-C "
+                       "stops after the edit in progress. One line per edit on stderr.")
+    w.add_argument("--graph", required=True, metavar="URL", help="graph store URL (required)")
+    w.add_argument("--interval", type=seconds, default=2.0, metavar="SECONDS",
+                   help="seconds between polls of the edit log (default: %(default)s)")
+    w.add_argument("--once", action="store_true", help="remesh the pending edits and exit (default: keep watching)")
     _runtime_args(w)
 
 
 def _runtime_args(p) -> None:
-    p.add_argument("--workers", type=positive_int, help="local Ray CPUs")
-    p.add_argument("--address", help="Ray address: auto, ray://host:10001")
+    p.add_argument("--workers", type=positive_int, help="CPUs of the local Ray this starts (with --executor ray; "
+                   "default: all)")
+    p.add_argument("--address", help="Ray cluster for --executor ray: auto, ray://HEAD:10001 or HEAD:6379 "
+                   "(default: start a local Ray)")
     p.add_argument("--executor", choices=["ray", "serial"], default="serial",
-                   help="serial (default: an edit touches a few chunks) or ray")
+                   help="serial (in this process: an edit touches a few chunks) or ray (default: %(default)s)")
 
 
 def remesher_for(graph: str, force: bool = False, executor: str = "serial", workers=None, address=None):
@@ -101,31 +119,37 @@ def remesher_for(graph: str, force: bool = False, executor: str = "serial", work
 def _executor(args):
     if args.executor == "serial":
         return None
-    from actors.ray_executor import RayExecutor
+    from raymesh.driver import ray_executor
 
-    return RayExecutor(address=args.address, num_cpus=args.workers)
+    return ray_executor(args.address, args.workers)
 
 
 def cmd_edit(args) -> int:
     from raymesh.edits import merge, split
     from raymesh.graph import open_store
 
+    from raymesh.cli import Output
+
     store = open_store(args.graph)
     result = (merge if args.kind == "merge" else split)(store, args.sv_a, args.sv_b, args.time_stamp)
-    print(f"operation {result.operation_id}: {result.kind} {result.supervoxels[0]} {result.supervoxels[1]}: "
-          f"roots {result.old_roots} -> {result.new_roots}")
-    print(json.dumps({"operation": result.operation_id, "new_roots": result.new_roots,
-                      "new_nodes": {str(k): v for k, v in result.new_nodes.items()}}))
+    out = Output()
+    out.say(f"operation {result.operation_id}: {result.kind} {result.supervoxels[0]} {result.supervoxels[1]}: "
+            f"roots {result.old_roots} -> {result.new_roots}")
+    if args.json:
+        out.data(json.dumps({"operation": result.operation_id, "new_roots": result.new_roots,
+                             "new_nodes": {str(k): v for k, v in result.new_nodes.items()}}))
     return 0
 
 
-def _report(summary) -> None:
-    print(f"remeshed {sum(summary.written.values())} fragments into dynamic/ "
-          f"({summary.skipped} already there, {summary.missing} descendants without a mesh, "
-          f"{summary.unstitched} nodes left to their children's meshes, "
-          f"{len(summary.failures)} failures) in {summary.seconds:.2f} s")
-    for failure in summary.failures:
-        print(f"  failed: {failure}")
+def _report(summary, prefix: str = "") -> None:
+    from raymesh.cli import Output
+
+    out = Output()
+    out.say(f"{prefix}remeshed {sum(summary.written.values())} fragments into dynamic/ "
+            f"({summary.skipped} already there, {summary.missing} descendants without a mesh, "
+            f"{summary.unstitched} nodes left to their children's meshes, "
+            f"{len(summary.failures)} failures) in {summary.seconds:.2f} s")
+    out.error(*(f"  failed: {failure}" for failure in summary.failures))
 
 
 def cmd_remesh(args) -> int:
@@ -143,6 +167,12 @@ def cmd_remesh(args) -> int:
         if executor is not None:
             executor.shutdown()
     _report(summary)
+    if args.json:
+        from dataclasses import asdict
+
+        from raymesh.cli import Output
+
+        Output().data(json.dumps(asdict(summary)))
     return 1 if summary.failures else 0
 
 
@@ -165,22 +195,20 @@ def cmd_watch(args) -> int:
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     executor = _executor(args)
-    print(f"watching {args.graph} from operation {last + 1} (Ctrl-C stops)", flush=True)
+    print(f"watching {args.graph} from operation {last + 1} (Ctrl-C stops)", file=sys.stderr, flush=True)
     try:
         while not stop.is_set():
             for op in remesher.job.store.operations(after=last):
                 summary = remesher.run(remesher.nodes_for_operations([op]), executor)
-                print(f"operation {op['id']} ({op['kind']}):", end=" ")
-                _report(summary)
+                _report(summary, prefix=f"operation {op['id']} ({op['kind']}): ")
                 last = op["id"]
                 bucket.write(CURSOR, json.dumps({"last_operation": last}).encode())
-                sys.stdout.flush()
                 if stop.is_set():
                     break
             if args.once:
                 return 0
             stop.wait(args.interval)
-        print(f"stopped after operation {last}", flush=True)
+        print(f"stopped after operation {last}", file=sys.stderr, flush=True)
         return 0
     finally:
         for sig, handler in previous.items():

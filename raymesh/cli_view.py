@@ -47,8 +47,9 @@ def add_commands(sub) -> None:
                        description="One file per root, <root>.<format>: the root's fragments from PCG's verified "
                        "manifest (initial shards, or dynamic/ after edits) merged by position, in nm.")
     e.add_argument("--graph", required=True, help="graph store URL (sqlite:///..., bigtable://...)")
-    e.add_argument("--roots", type=node_id, nargs="+", required=True, metavar="ID",
-                   help="roots (or any nodes of layer >= 2)")
+    which = e.add_mutually_exclusive_group(required=True)
+    which.add_argument("--roots", type=node_id, nargs="+", metavar="ID", help="roots (or any nodes of layer >= 2)")
+    which.add_argument("--top", type=positive_int, metavar="N", help="the N largest roots (by fragment bytes)")
     e.add_argument("--format", required=True, choices=export_formats(), help="file format")
     e.add_argument("--out", required=True, help="output folder")
     e.add_argument("--mesh-dir", help="mesh dir below the segmentation (default: the graph's recorded one)")
@@ -68,10 +69,17 @@ def cmd_view(args) -> int:
 def cmd_export(args) -> int:
     from raymesh.export import export_roots
 
-    done = export_roots(args.graph, args.roots, args.format, args.out, mesh_dir=args.mesh_dir)
-    for item in done:
+    import sys
+
+    roots = args.roots
+    if roots is None:
+        from raymesh.export.fragments import ViewerMeshes
+
+        roots = [root for root, _ in ViewerMeshes(args.graph, args.mesh_dir).largest_roots(args.top)]
+    done = export_roots(args.graph, roots, args.format, args.out, mesh_dir=args.mesh_dir)
+    for item in done:  # people read these: stderr (stdout stays for machine output)
         print(f"{item.path}: root {item.root}, {item.fragments} fragment(s), {item.vertices} vertices, "
-              f"{item.faces} faces (nm)")
+              f"{item.faces} faces (nm)", file=sys.stderr)
     return 0
 
 

@@ -6,6 +6,7 @@ offending key and the fix, since a config error should not need a traceback to u
 
 from __future__ import annotations
 
+import re
 from typing import Any, Optional
 
 import yaml
@@ -43,6 +44,8 @@ class MeshConfig(BaseModel):
     chunk_end: Optional[list[int]] = None
     mip: Optional[int] = Field(None, ge=0, description="mesh mip; default custom_data mesh.mip or 0")
     max_error: float = Field(40.0, gt=0)
+    simplifier: str = Field("zmesh", pattern="^(zmesh|meshopt)$", description="layer-2 simplification: "
+                            "zmesh (PCG's) or meshopt (meshoptimizer, faster; raymesh/simplify.py)")
     mesh_dir: str = "graphene_meshes"
     time_stamp: Optional[float] = Field(None, description="POSIX seconds; default: now")
     dust_threshold: Optional[int] = Field(None, ge=1)
@@ -91,44 +94,162 @@ class MeshConfig(BaseModel):
             raise ValueError(f"{v!r} is not a size; write bytes or a number with KiB, MiB, GiB")
         return v
 
-    @field_validator("chunk_start", "chunk_end")
+    @field_validator("chunk_start", "chunk_end", mode="before")
     @classmethod
     def _three(cls, v):
+        if isinstance(v, str):  # "0 0 0" or "0,0,0", as on the command line
+            v = parse_triple(v)
         if v is not None and len(v) != 3:
             raise ValueError("needs three integers (x y z)")
+        return v
+
+    @field_validator("layers", mode="before")
+    @classmethod
+    def _layer_text(cls, v):
+        if isinstance(v, (str, int)) and not isinstance(v, bool):
+            return parse_layers(v)  # "2-7", "2,3", 5: what --layers takes
         return v
 
     @field_validator("layers")
     @classmethod
     def _layers(cls, v):
-        if not v or any(layer < 2 for layer in v):
-            raise ValueError("layers start at 2 (layer 1 is supervoxels, which have no meshes)")
-        if v != sorted(set(v)):
-            raise ValueError("layers must be increasing without repeats")
+        check_layers(v)
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _layer_spellings(cls, data):
+        """``layer: 5`` and ``max_layer: 7``, as the flags ``--layer`` and ``--max-layer``."""
+        if isinstance(data, dict) and any(k in data for k in ("layer", "max_layer")):
+            data = dict(data)
+            data["layers"] = layers_setting(data)
+        return data
 
     @model_validator(mode="after")
     def _range(self):
         if (self.chunk_start is None) != (self.chunk_end is None):
-            raise ValueError("chunk_start and chunk_end go together")
+            given, missing = ("chunk_start", "chunk_end") if self.chunk_end is None else ("chunk_end", "chunk_start")
+            raise ValueError(f"{given} needs {missing} too: a chunk range is two corners in chunks of the first "
+                             "layer meshed, the start included and the end not (e.g. chunk_start 0 0 0 with "
+                             "chunk_end 2 2 1 meshes 2x2x1 chunks)")
+        if self.chunk_start is not None and any(s >= e for s, e in zip(self.chunk_start, self.chunk_end)):
+            raise ValueError(f"chunk_end {' '.join(map(str, self.chunk_end))} must be greater than chunk_start "
+                             f"{' '.join(map(str, self.chunk_start))} on every axis (the end is not included)")
         return self
 
 
-def _explain(exc: ValidationError, source: str) -> ConfigError:
+LAYER_KEYS = ("layers", "layer", "max_layer")  # three spellings of one setting, as the three flags
+
+
+def parse_triple(text: str) -> list[int]:
+    """``"0 0 0"`` or ``"0,0,0"`` -> [0, 0, 0]."""
+    try:
+        return [int(p) for p in text.replace(",", " ").split()]
+    except ValueError:
+        raise ValueError(f"{text!r} is not three integers (x y z)") from None
+
+
+def parse_layers(text) -> list[int]:
+    """What ``--layers`` and ``layers:`` take: ``5``; a range ``2-7``; a list ``2,3,5`` (items may
+    be ranges: ``2-4,6``). Raises ValueError saying what is wrong and how to write it instead."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        layers = [text]
+    else:
+        layers = []
+        items = str(text).replace(" ", "").split(",")
+        for item in items:
+            lo, sep, hi = item.partition("-")
+            try:
+                a, b = int(lo), int(hi) if sep else int(lo)
+            except ValueError:
+                raise ValueError("not a layer, a range like 2-7 or a list like 2,3,5") from None
+            if b < a:
+                where = f"{item} runs" if len(items) > 1 else "the range runs"
+                raise ValueError(f"{where} backwards: write the lower layer first ({b}-{a})")
+            layers.extend(range(a, b + 1))
+    check_layers(layers)
+    return layers
+
+
+def check_layers(layers: list[int]) -> None:
+    if not layers:
+        raise ValueError("no layers: give at least one, e.g. 2, or 2-4")
+    if min(layers) < 2:
+        top = max(layers)
+        raise ValueError(f"there are no meshes below layer 2 (layer 1 is the supervoxels): start at 2, e.g. "
+                         f"{f'2-{top}' if top > 2 else '2'}")
+    if layers != sorted(set(layers)):
+        raise ValueError(f"list each layer once, lowest first: {','.join(map(str, sorted(set(layers))))}")
+
+
+def layers_setting(data: dict) -> list[int]:
+    """The layers that ``layers``, ``layer`` or ``max_layer`` (one of them) in ``data`` choose;
+    removes ``layer`` and ``max_layer`` from ``data``."""
+    given = [k for k in LAYER_KEYS if data.get(k) is not None]
+    if len(given) > 1:
+        raise ValueError(f"give only one of {' and '.join(given)}: each chooses the layers to mesh")
+    layer, top = data.pop("layer", None), data.pop("max_layer", None)
+    if layer is not None:
+        return parse_layers(layer)
+    if top is not None:
+        top = int(top)
+        if top < 2:
+            raise ValueError(f"max_layer {top}: the highest layer meshed must be 2 or more (layer 1 is the "
+                             "supervoxels, which have no meshes), e.g. 4")
+        return list(range(2, top + 1))
+    return data.get("layers") or [2]
+
+
+def _where(key: str, value, source: str, flags: set[str]) -> str:
+    """A setting as the user wrote it: ``--layers 4-2`` on the command line, ``'layers: 4-2' in
+    job.yaml`` in a config file, ``'layers' = '4-2'`` from Python."""
+    if key in flags:
+        flag = "--" + key.replace("_", "-")
+        return f"{flag} {' '.join(map(str, value)) if isinstance(value, (list, tuple)) else value}"
+    if source:
+        return f"'{key}: {value}' in {source}"
+    return f"'{key}' = {value!r}"
+
+
+def _flag_words(msg: str, flags: set[str]) -> str:
+    for key in flags:
+        if "_" in key:  # chunk_start -> --chunk-start; plain words (layers) stay prose
+            msg = re.sub(rf"\b{key}\b", "--" + key.replace("_", "-"), msg)
+    return msg
+
+
+GRAPH_HELP = "sqlite:///path/graph.sqlite, or bigtable://PROJECT/INSTANCE/TABLE for a PCG table"
+
+
+def _explain(exc: ValidationError, data: dict, source: str, flags: set[str], from_flags: bool) -> ConfigError:
+    valid = ", ".join([*MeshConfig.model_fields, "layer", "max_layer"])
     lines = []
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        key = str(err["loc"][0]) if err["loc"] else ""
+        msg = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
         if err["type"] == "extra_forbidden":
-            lines.append(f"unknown key '{key}' (valid keys: {', '.join(MeshConfig.model_fields)})")
-        else:
-            lines.append(f"'{key}': {err['msg']}")
-    return ConfigError(f"invalid config {source}: " + "; ".join(lines))
+            lines.append(f"unknown key '{key}'{f' in {source}' if source else ''} (valid keys: {valid})")
+        elif err["type"] == "missing" and key == "graph":
+            lines.append(f"no graph to mesh: give --graph URL{f' or graph: in {source}' if source else ''} "
+                         f"({GRAPH_HELP})")
+        elif key:
+            lines.append(f"{_where(key, data.get(key), source, flags)}: {msg}")
+        else:  # a rule between settings
+            # with no file, every setting is a flag (also the one that is missing)
+            lines.append(_flag_words(msg, flags if source or not from_flags else set(MeshConfig.model_fields))
+                         + (f" (in {source})" if source else ""))
+    return ConfigError("; ".join(lines))
 
 
-def load_config(path: str | None = None, **overrides: Any) -> MeshConfig:
-    """A config from YAML (if given) with flag overrides (None means "not given")."""
+def load_config(path: str | None = None, *, from_flags: bool = False, **overrides: Any) -> MeshConfig:
+    """A config from YAML (if given) with overrides (None means "not given"). ``from_flags``: the
+    overrides came from the command line, and errors name them as flags (``--layers 4-2: ...``).
+
+    A YAML file takes what the flags take: ``layers: 2-7``, ``layers: "2,3"``, ``layer: 5``,
+    ``max_layer: 7``, ``chunk_start: 0 0 0``, ``memory_budget: 2GiB``. A layer flag replaces the
+    file's layers however the file wrote them."""
     data: dict[str, Any] = {}
-    source = "from flags"
+    source = ""
     if path:
         source = path
         try:
@@ -140,8 +261,35 @@ def load_config(path: str | None = None, **overrides: Any) -> MeshConfig:
             raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping of settings, got {type(data).__name__}")
-    data.update({k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if any(k in given for k in LAYER_KEYS):
+        data = {k: v for k, v in data.items() if k not in LAYER_KEYS}
+    data.update(given)
+    flags = set(given) if from_flags else set()
+    chosen = [k for k in LAYER_KEYS if data.get(k) is not None]
+    if len(chosen) > 1:
+        names = [_where(k, data[k], source, flags) for k in chosen]
+        raise ConfigError(f"give only one of {' and '.join(names)}: each chooses the layers to mesh")
+    if chosen:  # checked here, where it is known how the user wrote them
+        key = chosen[0]
+        value = data.pop(key)
+        try:
+            if key == "max_layer":
+                top = value if isinstance(value, int) and not isinstance(value, bool) else int(str(value))
+                data["layers"] = list(range(2, top + 1))
+                if top < 2:
+                    raise ValueError("the highest layer meshed must be 2 or more (there are no meshes below "
+                                     "layer 2: layer 1 is the supervoxels), e.g. 4")
+            elif isinstance(value, list):
+                check_layers(value)
+                data["layers"] = value
+            else:
+                data["layers"] = parse_layers(value)
+        except (ValueError, TypeError) as exc:
+            text = str(exc) if isinstance(exc, ValueError) and "invalid literal" not in str(exc) \
+                else "not a layer number"
+            raise ConfigError(f"{_where(key, value, source, flags)}: {text}") from None
     try:
         return MeshConfig(**data)
     except ValidationError as exc:
-        raise _explain(exc, source) from None
+        raise _explain(exc, data, source, flags, from_flags) from None

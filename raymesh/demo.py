@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import sys
 
 from raymesh.builder import build_graph
 from raymesh.synthetic import branching_tubes
@@ -12,26 +12,35 @@ DEMO_CHUNK = (32, 32, 16)
 
 
 def run_demo(out: str, workers: int = 2) -> int:
-    labels, agg = branching_tubes()
-    summary = build_graph(labels, out, resolution=DEMO_RESOLUTION, chunk_size=DEMO_CHUNK, agglomeration=agg,
-                          graph_id="demo")
-    print(f"graph: {summary.store_url} ({'reused' if summary.already_built else 'built'})")
-    print(json.dumps(summary.to_dict()))
-    print(f"segmentation: {summary.segmentation}")
+    """Build the demo dataset into ``out`` and mesh it; a short summary on stderr (as every
+    raymesh message). Exit status 0, or 1 if a chunk failed."""
     from raymesh.config import MeshConfig
     from raymesh.driver import run
 
-    layers = list(range(2, summary.n_layers + 1))  # layer 2, then stitched up to the root layer
-    result = run(MeshConfig(graph=summary.store_url, layers=layers, mip=0, workers=workers))
+    def say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    labels, agg = branching_tubes()
+    built = build_graph(labels, out, resolution=DEMO_RESOLUTION, chunk_size=DEMO_CHUNK, agglomeration=agg,
+                        graph_id="demo")
+    how = "reused" if built.already_built else f"built in {built.seconds:.1f} s"
+    say(f"graph: {built.store_url} ({built.n_layers} layers, {built.node_counts.get(1, 0)} supervoxels; {how})")
+    layers = list(range(2, built.n_layers + 1))  # layer 2, then stitched up to the root layer
+    result = run(MeshConfig(graph=built.store_url, layers=layers, mip=0, workers=workers), progress=False)
     for layer in result.layers:
-        print(f"layer {layer.layer}: {layer.fragments} meshes in {layer.chunks} chunks "
-              f"({layer.chunks_skipped} already done), {len(layer.failures)} failures")
-    if result.executor == "serial (small job)":
-        print("ran in this process: the demo is a small job, faster without starting Ray "
-              "(raymesh mesh --executor ray runs it on Ray)")
-    print(f"meshes: {result.mesh_path}")
-    print(f"graphene info for CloudVolume: raymesh info --graph {summary.store_url}")
-    return 0
+        chunks = f"{layer.chunks} chunk{'s' if layer.chunks != 1 else ''}"
+        if layer.chunks and layer.chunks_skipped == layer.chunks:
+            line = f"layer {layer.layer}: {chunks} already done"
+        else:
+            line = f"layer {layer.layer}: {layer.fragments} meshes in {chunks}"
+        say(line + (f", {len(layer.failures)} FAILED" if layer.failures else ""))
+    for layer in result.layers:
+        for failure in layer.failures:
+            say(f"  failed: {failure}")
+    where = "in this process" if result.executor.startswith("serial") else "on Ray"
+    say(f"meshes: {result.mesh_path} ({result.seconds:.1f} s, {where})")
+    say(f"next: raymesh verify --graph {built.store_url} --executor serial")
+    return 1 if result.failed else 0
 
 
 __all__ = ["run_demo", "DEMO_RESOLUTION", "DEMO_CHUNK"]

@@ -18,7 +18,8 @@ def add_verify_command(sub) -> None:
     p.add_argument("--layers", help="layers to check, e.g. 2-7 (default: 2 up to the highest layer meshed)")
     p.add_argument("--chunk-start", type=int, nargs=3, metavar=("X", "Y", "Z"),
                    help="first chunk of the first layer checked (with --chunk-end; default: all chunks)")
-    p.add_argument("--chunk-end", type=int, nargs=3, metavar=("X", "Y", "Z"), help="chunk range end, not included (with --chunk-start)")
+    p.add_argument("--chunk-end", type=int, nargs=3, metavar=("X", "Y", "Z"),
+                   help="chunk range end, not included (with --chunk-start)")
     p.add_argument("--roots", type=int, nargs="+", metavar="ID",
                    help="roots to check as a viewer loads them (default: up to --max-roots of the graph's roots)")
     p.add_argument("--max-roots", type=int, default=200, help="roots checked when --roots is not given (default: %(default)s)")

@@ -73,7 +73,7 @@ def test_demo_config_through_ray_job_submit(head, synthetic, tmp_path):
     g = build_graph(labels, str(tmp_path), resolution=DEMO_RESOLUTION, chunk_size=DEMO_CHUNK, agglomeration=agg,
                     graph_id="demo")
     entrypoint = ["raymesh", "mesh", "--config", str(REPO / "configs" / "demo.yaml"), "--graph", g.store_url,
-                  "--address", "auto", "--quiet", "--time-stamp", "2000000000"]
+                  "--address", "auto", "--json", "--time-stamp", "2000000000"]
     deadline = time.monotonic() + 180  # slow to come up on a loaded 2-core machine
     not_up_yet = ("Connection refused", "No available agent")
     while True:  # the dashboard's job API and agent come up a little after `ray start` returns
@@ -84,7 +84,9 @@ def test_demo_config_through_ray_job_submit(head, synthetic, tmp_path):
             break
         time.sleep(3)
     assert out.returncode == 0 and "succeeded" in out.stdout, (out.stdout[-3000:], out.stderr[-3000:])
+    # the job's log holds both of raymesh's streams: the summary for people, then its JSON
     assert "layer 4:" in out.stdout and "0 failures" in out.stdout
+    assert '"executor": "RayExecutor"' in out.stdout and "Token authentication" not in out.stdout
 
     config = load_config(str(REPO / "configs" / "demo.yaml"), graph=g.store_url, time_stamp=2e9)
     job = MeshJob(config)

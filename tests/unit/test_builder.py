@@ -95,7 +95,7 @@ def test_single_chunk_memory_mapped_npy_builds(tmp_path, capsys):
     assert g.node_counts()[1] == 2 and not mapped.flags.writeable
     assert main(["build-graph", "--labels", str(tmp_path / "one_chunk.npy"), "--resolution", "8", "8", "40",
                  "--chunk-size", "16", "16", "64", "--out", str(tmp_path / "out")]) == 0
-    assert "layer 2: 2 nodes" in capsys.readouterr().out
+    assert "layer 2: 2 nodes" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("labels, chunk", [

@@ -48,6 +48,9 @@ def files(tmp_path_factory):
     (root / "bad.csv").write_text("a,b\n")
     (root / "three.csv").write_text("1,2,3\n")
     (root / "not.sqlite").write_text("not a database")
+    (root / "backwards.yaml").write_text("layers: 4-2\n")
+    (root / "two_layers.yaml").write_text("layers: 3\nmax_layer: 4\n")
+    (root / "half_range.yaml").write_text("chunk_start: [0, 0, 0]\n")
     (root / "folder").mkdir()
     (root / "folder" / "readme.txt").write_text("something else")
     np.save(root / "zeros.npy", np.zeros((8, 8, 8), np.uint32))
@@ -154,9 +157,25 @@ CASES = [
     (["mesh", "--graph", "{graph}", "--layers", "1", "--executor", "serial"], ["layer"]),
     (["mesh", "--graph", "{graph}", "--layers", "9", "--executor", "serial"], ["do not exist"]),
     (["mesh", "--graph", "{graph}", "--layer", "2", "--chunk-start", "5", "5", "5", "--chunk-end", "1", "1", "1",
-      "--executor", "serial"], ["chunk range"]),
-    (["mesh", "--graph", "{graph}", "--layer", "2", "--chunk-start", "0", "0", "0", "--chunk-end", "9", "9", "9",
-      "--executor", "serial"], ["chunk range"]),
+      "--executor", "serial"], ["--chunk-end 1 1 1 must be greater than --chunk-start 5 5 5"]),
+    (["mesh", "--graph", "{graph}", "--layer", "2", "--chunk-start", "5", "5", "5", "--chunk-end", "9", "9", "9",
+      "--executor", "serial"], ["chunk range 5 5 5 .. 9 9 9 is outside layer 2", "0 0 0 .. 2 2 2"]),
+    # the first hour (issue 22): each message says what is wrong and how to write it instead
+    (["mesh", "--graph", "{graph}", "--layers", "4-2"], ["--layers 4-2", "runs backwards", "(2-4)"]),
+    (["mesh", "--graph", "{graph}", "--layers", "1-3"], ["--layers 1-3", "layer 1 is the supervoxels", "2-3"]),
+    (["mesh", "--graph", "{graph}", "--layers", "3,2"], ["--layers 3,2", "lowest first: 2,3"]),
+    (["mesh", "--graph", "{graph}", "--layer", "1"], ["--layer 1", "start at 2"]),
+    (["mesh", "--graph", "{graph}", "--max-layer", "1"], ["--max-layer 1", "2 or more"]),
+    (["mesh", "--graph", "{graph}", "--chunk-start", "0", "0", "0"], ["--chunk-start needs --chunk-end too"]),
+    (["mesh", "--graph", "{graph}", "--chunk-end", "1", "1", "1"], ["--chunk-end needs --chunk-start too"]),
+    (["mesh", "--graph", "{graph}", "--config", "{root}/backwards.yaml"], ["'layers: 4-2' in", "backwards.yaml",
+                                                                          "runs backwards"]),
+    (["mesh", "--graph", "{graph}", "--config", "{root}/two_layers.yaml"], ["give only one of", "'layers: 3'",
+                                                                            "'max_layer: 4'"]),
+    (["mesh", "--graph", "{graph}", "--config", "{root}/half_range.yaml"], ["chunk_start needs chunk_end too",
+                                                                            "half_range.yaml"]),
+    (["mesh", "--graph", "{graph}", "--address", "http://127.0.0.1:8265"], ["dashboard", "ray://HEAD:10001"]),
+    (["mesh", "--layers", "2"], ["no graph to mesh", "--graph URL"]),
     (["mesh", "--graph", "{graph}", "--layer", "2", "--mip", "7", "--executor", "serial"], ["mip 7"]),
     (["mesh", "--graph", "{graph}", "--layer", "2", "--memory-budget", "lots", "--executor", "serial"], ["lots"]),
     (["mesh", "--graph", "{graph}", "--layer", "2", "--config", "{root}/none.yaml", "--executor", "serial"],

@@ -182,17 +182,21 @@ def test_cli_edit_and_watch_remesh_each_edit_once(meshed, capsys):
     svs, roots = _objects(store, sv)
     first, second = np.unique(roots)[:2]
     a, b = int(svs[roots == first][0]), int(svs[roots == second][0])
-    assert cli(["edit", "merge", str(a), str(b), "--graph", store.url, "--time-stamp", str(_minutes(1).timestamp())]) == 0
+    assert cli(["edit", "merge", str(a), str(b), "--graph", store.url, "--time-stamp", str(_minutes(1).timestamp()),
+                "--json"]) == 0
+    edit = capsys.readouterr()
+    assert json.loads(edit.out)["operation"] == 1, "--json: the machine output alone on stdout"
+    assert "operation 1: merge" in edit.err, "the message for people on stderr"
     assert cli(["watch", "--graph", store.url, "--once"]) == 0
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "operation 1 (merge): remeshed" in out
     cursor = json.loads(job.bucket.read("raymesh_watch.json"))
     assert cursor == {"last_operation": 1}
     assert cli(["watch", "--graph", store.url, "--once"]) == 0
-    assert "operation 1" not in capsys.readouterr().out.split("(Ctrl-C stops)")[1], "never twice"
+    assert "operation 1" not in capsys.readouterr().err.split("(Ctrl-C stops)")[1], "never twice"
     assert cli(["edit", "split", str(a), str(b), "--graph", store.url, "--time-stamp", str(_minutes(2).timestamp())]) == 0
     assert cli(["watch", "--graph", store.url, "--once"]) == 0
-    assert "operation 2 (split): remeshed" in capsys.readouterr().out
+    assert "operation 2 (split): remeshed" in capsys.readouterr().err
     assert cli(["edit", "merge", str(a), str(a), "--graph", store.url]) == 2
     assert "two different supervoxels" in capsys.readouterr().err
 
@@ -206,13 +210,13 @@ def test_watch_stops_cleanly_on_ctrl_c(meshed):
     job, store, sv = meshed
     proc = subprocess.Popen([sys.executable, "-m", "raymesh.cli", "watch", "--graph", store.url, "--interval", "0.2"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    first = proc.stdout.readline()
+    first = proc.stderr.readline()
     assert "watching" in first, first + proc.stderr.read()
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
-    assert "stopped after operation 0" in out
+    assert "stopped after operation 0" in err and out == ""
 
 
 def test_min_cut_only_cuts_inside_the_split_region():

@@ -63,7 +63,12 @@ def test_export_command(graph, tmp_path, capsys):
     root = meshes.current_roots()[0]
     out = tmp_path / "out"
     assert main(["export", "--graph", graph, "--roots", str(root), "--format", "ply", "--out", str(out)]) == 0
-    assert (out / f"{root}.ply").is_file() and str(root) in capsys.readouterr().out
+    assert (out / f"{root}.ply").is_file() and str(root) in capsys.readouterr().err
+    # --top N: the N largest roots
+    assert main(["export", "--graph", graph, "--top", "2", "--format", "obj", "--out", str(tmp_path / "top")]) == 0
+    capsys.readouterr()
+    assert sorted(p.name for p in (tmp_path / "top").iterdir()) == \
+        sorted(f"{r}.obj" for r, _ in meshes.largest_roots(2))
     # user errors: one line, exit 2, nothing written
     bad_out = tmp_path / "bad"
     for argv in (["--roots", "123"], ["--roots", str(root + 1000)], ["--roots", str(root), "--format", "fbx"]):

@@ -46,9 +46,9 @@ def test_a_copied_graph_folder_meshes_into_the_copy(small, tmp_path, capsys):
     assert store.raw_meta()["data_source"]["watershed"] == f"file://{b}/ws"
     assert graphene_info(store.meta, None)["data_dir"] == f"file://{b}/ws"
 
-    assert main(["mesh", "--graph", url, "--layers", "2-3", "--executor", "serial", "--quiet"]) == 0
-    out = capsys.readouterr().out
-    assert f"file://{b}/ws/graphene_meshes" in out
+    assert main(["mesh", "--graph", url, "--layers", "2-3", "--executor", "serial", "--quiet", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["mesh_path"] == f"file://{b}/ws/graphene_meshes"
     shards = list((b / "ws" / "graphene_meshes" / "initial").rglob("*.shard"))
     assert {p.parent.name for p in shards} == {"2", "3"}
     assert not a.exists(), "nothing recreated the original folder"
@@ -62,9 +62,11 @@ def test_a_copied_graph_folder_meshes_into_the_copy(small, tmp_path, capsys):
     c = tmp_path / "C"
     shutil.move(str(b), str(c))
     assert main(["mesh", "--graph", f"sqlite://{c}/graph.sqlite", "--layers", "2-3", "--executor", "serial",
-                 "--quiet"]) == 0
-    out = capsys.readouterr().out
-    assert "(0 already done)" not in out and f"file://{c}/ws/graphene_meshes" in out
+                 "--summary-json", "-"]) == 0
+    out, err = capsys.readouterr()
+    summary = json.loads(out)
+    assert all(layer["chunks_skipped"] == layer["chunks"] for layer in summary["layers"])
+    assert "(0 already done)" not in err and summary["mesh_path"] == f"file://{c}/ws/graphene_meshes"
     assert not b.exists()
 
     # A rebuild of the same input into the moved folder is recognised, with the moved path.

@@ -157,3 +157,17 @@ def test_pcg_template_mirrors_pcg_defaults():
     for key in MeshConfig.model_fields:
         if key in config.model_fields_set:
             assert re.search(rf"^# {key}\b|^#.*\b{key}\b", text, re.M), f"{key} is not explained"
+
+
+def test_token_authentication_is_on_with_the_token_in_a_secret():
+    """KubeRay's documented way (authOptions, KubeRay >= 1.5.1, Ray >= 2.52): the operator sets
+    RAY_AUTH_MODE=token and RAY_AUTH_TOKEN from the Secret's auth_token key on every container; the
+    README and the manifests' comments create that Secret and read the token back from it."""
+    for spec in (_load("raycluster.yaml")["spec"], _load("rayjob.yaml")["spec"]["rayClusterSpec"]):
+        assert spec["authOptions"] == {"mode": "token", "secretName": "raymesh-ray-token"}
+        major, minor, _ = (int(v) for v in str(spec["rayVersion"]).split("."))
+        assert (major, minor) >= (2, 52), "token authentication needs Ray 2.52 or newer"
+    readme = (REPO / "README.md").read_text()
+    for text in (readme, (KUBERAY / "raycluster.yaml").read_text()):
+        assert "kubectl create secret generic raymesh-ray-token --from-literal=auth_token=" in text
+        assert "kubectl get secret raymesh-ray-token -o jsonpath='{.data.auth_token}'" in text

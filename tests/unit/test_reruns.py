@@ -125,9 +125,9 @@ def test_a_corrupt_child_fails_its_chunk_until_it_is_redone(graph, capsys):
     before = _initial(job)
     node, child = _corrupt_a_child_fragment(job)
     args = ["mesh", "--graph", graph.store_url, "--executor", "serial", "--mesh-dir", "corrupt_child",
-            "--graph-meta", "skip", "--quiet"]
-    assert cli(args + ["--layer", "3", "--force"]) == 1
-    out = capsys.readouterr().out
+            "--graph-meta", "skip"]
+    assert cli(args + ["--layer", "3", "--force", "--quiet"]) == 1
+    out = capsys.readouterr().err  # failures are errors: on stderr, even with --quiet
     assert f"{node}: the fragment of its descendant" in out and f"layer 2 chunk {list(child)}" in out, out
     records = _failed_records(job)
     assert any(r.startswith("2/") for r in records) and any(r.startswith("3/") for r in records), records
@@ -135,7 +135,7 @@ def test_a_corrupt_child_fails_its_chunk_until_it_is_redone(graph, capsys):
     # The layer-3 chunk is not "done": a plain rerun of layer 3 tries it again, and fails again
     # (its child is still corrupt), naming the child once more.
     assert cli(args + ["--layer", "3"]) == 1
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "redone: chunk" in out and f"layer 2 chunk {list(child)}" in out
 
     # A plain rerun from layer 2 redoes exactly the child, then the parent: everything is back.
@@ -237,7 +237,7 @@ def test_a_segmentation_read_as_background_fails_the_layer(synthetic, tmp_path, 
     victim = sorted(names)[0]
     shutil.move(os.path.join(ws, scale, victim), os.path.join(tmp_path, victim))
     code = cli(["mesh", "--graph", g.store_url, "--layers", "2-3", "--executor", "serial", "--quiet"])
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert code == 1
     assert "holds none of the" in out and store.meta.segmentation_path.rstrip("/") in out, out
     assert "layers [3] not run" in out

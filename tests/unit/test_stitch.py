@@ -1,5 +1,7 @@
 """Higher-layer stitching end to end with the serial executor, plus its pure pieces."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -158,10 +160,11 @@ def test_cli_runs_layers_in_order_and_reports_stitching(synthetic, tmp_path, cap
     labels, agg = synthetic
     g = build_graph(labels, str(tmp_path), resolution=SYNTH_RES, chunk_size=SYNTH_CHUNK, agglomeration=agg)
     code = main(["mesh", "--graph", g.store_url, "--layers", "2-4", "--mip", "0", "--executor", "serial",
-                 "--quiet", "--memory-budget", "64MiB"])
-    out = capsys.readouterr().out
+                 "--json", "--memory-budget", "64MiB"])
+    out, err = capsys.readouterr()
     assert code == 0
-    assert "layer 4: 1 chunks" in out and "descendants without a mesh" in out
+    assert "layer 4: 1 chunks" in err and "descendants without a mesh" in err
+    assert [layer["layer"] for layer in json.loads(out)["layers"]] == [2, 3, 4], "stdout is the JSON alone"
     assert main(["mesh", "--graph", g.store_url, "--layers", "2-4", "--executor", "serial", "--quiet",
                  "--memory-budget", "lots"]) == 2
     assert "not a size" in capsys.readouterr().err
