@@ -17,6 +17,7 @@ import itertools
 import os
 import socket
 import time
+import uuid
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
@@ -35,34 +36,103 @@ def _call(fn, item):
     return fn(item)
 
 
-def _mesh_batch(job, batch, keep_shards: bool, shard_chunks: list[int], *shards):
-    """One task: mesh a batch of chunks in order. Returns the stats, consumers and (for a chunk
-    too big for one task) its plan in parts, then (with ``keep_shards``) one shard array per
-    chunk, each its own object so each is freed on its own."""
+def _graph_counters(job) -> tuple[int, int, float, float]:
+    """Round trips, rows, seconds of graph reads and of waits for the read gate among them, so far
+    by the job's store in this task (zeros for a store that does not count them)."""
+    store = job.__dict__.get("store")
+    if store is None:
+        return 0, 0, 0.0, 0.0
+    return (int(getattr(store, "round_trips", 0)), int(getattr(store, "rows_read", 0)),
+            float(getattr(store, "read_seconds", 0.0)), float(getattr(store, "gate_seconds", 0.0)))
+
+
+def _profiled(job, fn):
+    """``fn()``, and what it cost: task seconds and graph round trips, rows and read seconds."""
+    before = _graph_counters(job)
+    t0 = time.perf_counter()
+    out = fn()
+    seconds = time.perf_counter() - t0
+    after = _graph_counters(job)
+    return out, {"seconds": seconds, "round_trips": after[0] - before[0], "rows": after[1] - before[1],
+                 "read_seconds": after[2] - before[2], "gate_seconds": after[3] - before[3]}
+
+
+def _share_reads(job, token: str | None) -> None:
+    """Every task of one job reads the graph as of the job's time stamp: a worker keeps what its
+    tasks read for the job's later tasks (``GraphStore.share_reads``)."""
+    if token is not None:
+        job.store.share_reads(token)
+
+
+def _mesh_batch(job, token, batch, keep_shards: bool, shard_chunks: list[int], *shards):
+    """One task: mesh a batch of chunks in order. Returns the stats, consumers, (for a chunk
+    too big for one task) its plan in parts and what the chunk cost (``ReadProfile``), then
+    (with ``keep_shards``) one shard array per chunk, each its own object so each is freed on
+    its own."""
+    _share_reads(job, token)
     cached = dict(zip(shard_chunks, shards))
-    outputs = [job.mesh_chunk(tuple(item), cached, keep_shards, split=True) for item in batch]
-    meta = [(o.stats, o.consumers, o.split) for o in outputs]
+    outputs = [_profiled(job, lambda item=item: job.mesh_chunk(tuple(item), cached, keep_shards, split=True))
+               for item in batch]
+    meta = [(o.stats, o.consumers, o.split, cost) for o, cost in outputs]
+    outputs = [o for o, _ in outputs]
     if not keep_shards:
         return meta
     return (meta, *[o.shard if o.shard is not None else _EMPTY for o in outputs])
 
 
-def _stitch_part(job, plan, shard_chunks: list[int], *shards):
+def _stitch_part(job, token, plan, shard_chunks: list[int], *shards):
+    _share_reads(job, token)
     return job.stitch_part(plan, dict(zip(shard_chunks, shards)))
 
 
 def _merge_parts(job, item, keep_shards: bool, *parts):
     """The chunk's one shard from its parts: the same return shape as ``_mesh_batch``."""
     layer, coords = item
-    out = job.write_parts(layer, coords, list(parts), keep_shards)
-    meta = [(out.stats, out.consumers, None)]
+    out, cost = _profiled(job, lambda: job.write_parts(layer, coords, list(parts), keep_shards))
+    meta = [(out.stats, out.consumers, None, cost)]
     if not keep_shards:
         return meta
     return (meta, out.shard if out.shard is not None else _EMPTY)
 
 
+class ReadProfile:
+    """Per layer: chunks, task seconds, and the graph reads inside them (round trips, rows,
+    seconds), summed over the tasks that meshed each chunk (``RayExecutor.profile``)."""
+
+    FIELDS = ("chunks", "seconds", "round_trips", "rows", "read_seconds", "gate_seconds")
+
+    def __init__(self) -> None:
+        self.layers: dict[int, dict[str, float]] = {}
+
+    def add(self, layer: int, cost: dict, chunk: bool = True) -> None:
+        """One task's cost; ``chunk``: it finished a chunk (a split chunk's planning task did not)."""
+        row = self.layers.setdefault(int(layer), dict.fromkeys(self.FIELDS, 0))
+        row["chunks"] += int(chunk)
+        for name in self.FIELDS[1:]:
+            row[name] += cost.get(name, 0)
+
+    def summary(self) -> dict[int, dict[str, float]]:
+        """Per layer: sums, and per chunk the means (ms, round trips, rows) and the share of task
+        time spent in graph reads."""
+        out = {}
+        for layer, row in sorted(self.layers.items()):
+            n = max(1, row["chunks"])
+            out[layer] = {"chunks": row["chunks"], "task_seconds": round(row["seconds"], 3),
+                          "graph_read_seconds": round(row["read_seconds"], 3),
+                          "round_trips_per_chunk": round(row["round_trips"] / n, 2),
+                          "rows_per_chunk": round(row["rows"] / n, 1),
+                          "graph_read_ms_per_chunk": round(1000 * row["read_seconds"] / n, 2),
+                          "gate_wait_ms_per_chunk": round(1000 * row["gate_seconds"] / n, 2),
+                          "task_ms_per_chunk": round(1000 * row["seconds"] / n, 2),
+                          "graph_read_share": round(row["read_seconds"] / row["seconds"], 4) if row["seconds"] else 0.0}
+        return out
+
+
 class RayExecutor:
-    """Connects to (or starts) Ray; runs meshing layers, or any ``fn(item)``, as retriable tasks."""
+    """Connects to (or starts) Ray; runs meshing layers, or any ``fn(item)``, as retriable tasks.
+
+    ``profile`` (a ``ReadProfile``) adds up, per layer, what each chunk's task cost and how much
+    of it went to graph reads (for stores that count them: Bigtable)."""
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None,
                  object_store_memory: int | None = None, window: int | None = None, max_retries: int = 3,
@@ -83,9 +153,12 @@ class RayExecutor:
                     kwargs["runtime_env"] = {"env_vars": passed}
             try:
                 ray.init(**kwargs)
-            except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise ConfigError(f"cannot connect to Ray at {address!r}: {exc}; check the address "
-                                  "(auto, ray://host:10001) and that the cluster is up") from exc
+            except (ConnectionError, RuntimeError, ValueError, ray.exceptions.AuthenticationError) as exc:
+                from actors.ray_auth import explain
+
+                # a cluster with token authentication that refused this client: say what to set
+                raise ConfigError(explain(address, exc) or f"cannot connect to Ray at {address!r}: {exc}; check "
+                                  "the address (auto, ray://host:10001) and that the cluster is up") from exc
             self._started = True
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.window = window or max(4, 4 * cpus)
@@ -101,8 +174,10 @@ class RayExecutor:
         self._filed_bytes = 0
         self._job_ref = None
         self._job = None
+        self._token = None
         self._fits: set[tuple] = set()
         self.resubmitted = 0  # batches run again without cached shards after losing them
+        self.profile = ReadProfile()
 
     # ---- generic ----------------------------------------------------------------------------
     def imap_unordered(self, fn: Callable, items: Iterable) -> Iterator:
@@ -125,6 +200,7 @@ class RayExecutor:
             if job.config.graph.startswith("bigtable://") and job.read_gate is None:
                 self._gate = job.read_gate = RayReadGate(job.config.max_graph_reads)
             self._job, self._job_ref = job, ray.put(job)
+            self._token = uuid.uuid4().hex  # this job's reads, shared by its tasks on each worker
             if job.config.shard_cache:
                 self._caches = ShardCaches(self.cache_actors)
                 store_bytes = ray.cluster_resources().get("object_store_memory", 0)
@@ -157,7 +233,7 @@ class RayExecutor:
         options = {"num_returns": 1 + (len(batch) if keep else 0), "memory": request.memory}
         if request.resources:
             options["resources"] = request.resources
-        out = self._mesh.options(**options).remote(self._job_ref, batch, keep, chunk_ids, *refs)
+        out = self._mesh.options(**options).remote(self._job_ref, self._token, batch, keep, chunk_ids, *refs)
         meta_ref, shard_refs = (out[0], out[1:]) if keep else (out, [])
         inflight[meta_ref] = (batch, shard_refs, (chunk_ids, refs, keep, options))
 
@@ -166,7 +242,8 @@ class RayExecutor:
         one merge task that writes the chunk's single shard (the parts reach it as top-level refs)."""
         chunk_ids, refs, keep, options = submitted
         part_options = {k: v for k, v in options.items() if k != "num_returns"}
-        pieces = [self._part.options(**part_options).remote(self._job_ref, plan, chunk_ids, *refs) for plan in plans]
+        pieces = [self._part.options(**part_options).remote(self._job_ref, self._token, plan, chunk_ids, *refs)
+                  for plan in plans]
         merge_options = dict(options, num_returns=2 if keep else 1)
         out = self._merge.options(**merge_options).remote(self._job_ref, item, keep, *pieces)
         meta_ref, shard_refs = (out[0], out[1:]) if keep else (out, [])
@@ -185,7 +262,8 @@ class RayExecutor:
             self.resubmitted += 1
             self._submit(job, layer, batch, keep, False, inflight)
             return
-        for item, (stats, consumers, split), shard_ref in itertools.zip_longest(batch, meta, shard_refs):
+        for item, (stats, consumers, split, cost), shard_ref in itertools.zip_longest(batch, meta, shard_refs):
+            self.profile.add(layer, cost, chunk=not split)
             if split:
                 self._submit_parts(item, split, submitted, inflight)
                 continue
@@ -224,6 +302,7 @@ class RayExecutor:
             self._gate.close()
             self._job.read_gate = None
         self._caches, self._job, self._job_ref, self._gate = None, None, None, None
+        self._token = None
 
     def shutdown(self) -> None:
         self.end_job()
@@ -233,9 +312,14 @@ class RayExecutor:
 
 
 def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
-    """Ray keeps retrying an address that does not answer for minutes; check it first."""
+    """Ray keeps retrying an address that does not answer, or that refuses this client's token
+    (Ray >= 2.59 turns token authentication on by default), for half a minute or more before a
+    vague error; check both first and say what is wrong."""
     if address in ("auto", "local"):
         return
+    if address.startswith(("http://", "https://")):
+        raise ConfigError(f"Ray address {address!r} is a dashboard (jobs API) address, for `ray job submit "
+                          "--address`; --address takes auto, HEAD:6379 or ray://HEAD:10001 (Ray Client)")
     hostport = address.split("://", 1)[-1].rstrip("/")
     host, sep, port = hostport.rpartition(":")
     if not sep or not port.isdigit():
@@ -245,6 +329,11 @@ def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
     except OSError as exc:
         raise ConfigError(f"cannot reach the Ray cluster at {address!r} ({exc}); check the address "
                           "(auto, host:6379, ray://host:10001) and that the cluster is up") from exc
+    from actors.ray_auth import refusal
+
+    why = refusal(address, timeout_s)
+    if why:
+        raise ConfigError(why)
 
 
 def _batches(items: Iterable, size: int) -> Iterator[list]:

@@ -11,8 +11,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import ray
+
+_WAITERS: ThreadPoolExecutor | None = None
+_WAITERS_LOCK = threading.Lock()
+
+
+def _wait_off_main_thread(ref):
+    """``ray.get(ref)`` from a helper thread. A task's main thread that blocks in ``ray.get``
+    hands its CPU back to the raylet, which starts another worker process for a queued task;
+    the wait for a read slot is short, so that worker then sits idle and is killed, and the next
+    wait starts another: every new worker opens its graph store, reads the meta and imports the
+    meshing stack again, and keeps no reads (issue 19: 136 workers started for one layer of 512
+    chunks). Ray only does this for the main thread, so the wait happens on another."""
+    global _WAITERS
+    with _WAITERS_LOCK:
+        if _WAITERS is None:
+            _WAITERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="raymesh-read-gate")
+    return _WAITERS.submit(ray.get, ref).result()
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=100_000)
@@ -44,7 +63,7 @@ class RayReadGate:
 
     @contextlib.contextmanager
     def __call__(self):
-        ray.get(self.actor.acquire.remote())
+        _wait_off_main_thread(self.actor.acquire.remote())
         try:
             yield
         finally:

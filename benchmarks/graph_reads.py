@@ -4,8 +4,8 @@
 
 Builds the real volume's graph into the emulator (started here on 127.0.0.1), then for every
 layer-2 chunk does the graph reads meshing does (the chunk, its 7 upper and up to 7 lower
-neighbours, and the ancestor walk) and for every chunk of the top stitched layer the stitching
-plan; reports round trips and read time per chunk. The same reads against the SQLite copy of the graph run beside them for scale.
+neighbours, and the ancestor walk) and for every chunk of the stitched layers the stitching
+plan; reports round trips, rows and read time per chunk. The same reads against the SQLite copy of the graph run beside them for scale.
 """
 
 from __future__ import annotations
@@ -23,13 +23,15 @@ from pathlib import Path
 from benchmarks.common import emit, real_labels_or_exit
 
 
-def _emulator():
+def start_emulator(name: str = "graph_reads") -> subprocess.Popen:
+    """The Bigtable emulator on a free port of 127.0.0.1, with BIGTABLE_EMULATOR_HOST set for
+    this process (and Ray workers it starts); a skipped JSON line and exit 0 where it is missing."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from support import find_cbtemulator
 
     binary = find_cbtemulator()
     if binary is None:
-        emit("graph_reads", {}, {"skipped": "Bigtable emulator (cbtemulator) not found"})
+        emit(name, {}, {"skipped": "Bigtable emulator (cbtemulator) not found"})
         raise SystemExit(0)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -46,17 +48,39 @@ def _emulator():
     return proc
 
 
-def _per_chunk(store, work, chunks) -> dict:
-    trips, seconds = [], []
+def per_chunk(store, work, chunks) -> dict:
+    """Round trips, rows and milliseconds of ``work(chunk)`` for each chunk, summarised."""
+    trips, rows, seconds = [], [], []
     for chunk in chunks:
         store.round_trips = 0
+        store.rows_read = 0
         t0 = time.perf_counter()
         work(chunk)
         seconds.append(time.perf_counter() - t0)
         trips.append(getattr(store, "round_trips", 0))
+        rows.append(getattr(store, "rows_read", 0))
     return {"chunks": len(chunks), "round_trips_mean": round(statistics.mean(trips), 2),
-            "round_trips_max": max(trips), "ms_per_chunk_median": round(1000 * statistics.median(seconds), 2),
+            "round_trips_max": max(trips), "rows_mean": round(statistics.mean(rows), 1),
+            "ms_per_chunk_median": round(1000 * statistics.median(seconds), 2),
+            "ms_per_chunk_mean": round(1000 * statistics.mean(seconds), 2),
             "ms_per_chunk_max": round(1000 * max(seconds), 2)}
+
+
+def graph_read_figures(store, kind: str, ts: float = 2e9) -> dict:
+    """The graph reads of meshing, chunk by chunk: every layer-2 chunk's (its neighbourhood, its
+    upper neighbours' and the ancestor walk, ``fetch_with_upper``) and every chunk's stitching
+    plan on the layers above, up to the top stitched layer."""
+    from raymesh.remap import fetch_with_upper
+    from raymesh.stitch import plan_chunk
+
+    layout = store.layout
+    top = layout.n_layers - 1 if layout.n_layers > 3 else layout.n_layers
+    figures = {f"{kind}_layer2": per_chunk(store, lambda c: fetch_with_upper(store, c, time_stamp=ts),
+                                           list(layout.iter_chunk_coords(2)))}
+    for layer in range(3, top + 1):
+        chunks = [int(layout.chunk_id(layer, *c)) for c in layout.iter_chunk_coords(layer)]
+        figures[f"{kind}_layer{layer}"] = per_chunk(store, lambda c: plan_chunk(store, layer, c, ts), chunks)
+    return figures
 
 
 def main() -> None:
@@ -64,12 +88,10 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     labels = real_labels_or_exit("graph_reads", args.quick)
-    proc = _emulator()
+    proc = start_emulator()
     try:
         from raymesh.builder import build_graph
         from raymesh.graph import open_store
-        from raymesh.remap import fetch_with_upper
-        from raymesh.stitch import plan_chunk
 
         figures = {}
         with tempfile.TemporaryDirectory() as out:
@@ -79,16 +101,7 @@ def main() -> None:
             figures["build_seconds_bigtable"] = round(time.perf_counter() - t0, 1)
             local = build_graph(labels, os.path.join(out, "sqlite"), resolution=(8, 8, 40), chunk_size=(64, 64, 64))
             for kind, url in (("bigtable", g.store_url), ("sqlite", local.store_url)):
-                store = open_store(url)
-                layout = store.layout
-                top = layout.n_layers - 1 if layout.n_layers > 3 else layout.n_layers
-                ts = 2e9
-                l2 = list(layout.iter_chunk_coords(2))
-                figures[f"{kind}_layer2"] = _per_chunk(
-                    store, lambda c: fetch_with_upper(store, c, time_stamp=ts), l2)
-                tops = [int(layout.chunk_id(top, *c)) for c in layout.iter_chunk_coords(top)]
-                figures[f"{kind}_layer{top}"] = _per_chunk(
-                    store, lambda c: plan_chunk(store, top, c, ts), tops)
+                figures.update(graph_read_figures(open_store(url), kind))
     finally:
         proc.terminate()
     emit("graph_reads", figures, {"volume": "connectomics.npy.ckl.gz", "shape": list(labels.shape),

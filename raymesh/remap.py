@@ -7,6 +7,7 @@ trips); ``remap_chunk`` is pure (arrays in, array out) so it is tested without a
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections import Counter
 from dataclasses import dataclass, field
@@ -73,7 +74,8 @@ def lower_neighbours(layout: ChunkLayout, coords) -> list[tuple[tuple[int, ...],
 
 def fetch_neighbourhoods(store, coords_list, time_stamp=None) -> list[Neighbourhood]:
     """Graph reads for several chunks at once: one batched range read (each chunk, its 7 positive
-    neighbours and its up to 7 lower ones) and one batched ancestor walk, for all the stop layers
+    neighbours and its up to 7 lower ones, with their parents where the store reads them from the
+    same rows) and one batched ancestor walk, for all the stop layers
     involved (each chunk's and its lower neighbours', ``uncovered_by_lower``). A chunk and its
     upper neighbours (``l2.neighbour_planes`` remaps those too) share most of these rows, so
     batching them costs no extra round trip.
@@ -81,11 +83,22 @@ def fetch_neighbourhoods(store, coords_list, time_stamp=None) -> list[Neighbourh
     Ancestors are taken at ``time_stamp`` (PCG takes them at "now", pcg-compat.md 10.1; for
     initial meshing right after ingest both agree, and T is the faithful choice).
     """
+    reading = getattr(store, "reading", None)
+    with reading() if reading is not None else contextlib.nullcontext():  # one read-gate slot for all
+        return _fetch_neighbourhoods(store, coords_list, time_stamp)
+
+
+def _fetch_neighbourhoods(store, coords_list, time_stamp) -> list[Neighbourhood]:
     layout = store.layout
     plans = [(layout.stop_layer(c), neighbour_chunks(layout, c), lower_neighbours(layout, c)) for c in coords_list]
     chunks = sorted({ch for _, near, below in plans
                      for ch in near + [int(layout.chunk_id(2, *c)) for _, c in below]})
-    rows = dict(zip(chunks, (latest_l2_nodes(r) for r in store.range_read_chunks(chunks, time_stamp=time_stamp))))
+    # The nodes' parents come with them where the store reads both from the same rows (Bigtable);
+    # the ancestor walk then starts one layer up.
+    read = getattr(store, "range_read_chunks_with_parents", None)
+    chunk_rows, parents = read(chunks, time_stamp=time_stamp) if read else (
+        store.range_read_chunks(chunks, time_stamp=time_stamp), {})
+    rows = dict(zip(chunks, (latest_l2_nodes(r) for r in chunk_rows)))
     partial = []
     for stop, near, below in plans:
         own = dict(rows[near[0]])
@@ -96,7 +109,9 @@ def fetch_neighbourhoods(store, coords_list, time_stamp=None) -> list[Neighbourh
     walk = sorted({n for _, own, others, lower in partial
                    for n in [*own, *others, *(m for _, nodes in lower.values() for m in nodes)]})
     stops = sorted({stop for stop, *_ in partial} | {s for *_, lower in partial for s, _ in lower.values()})
-    anc = store.get_ancestors(np.array(walk, dtype=np.uint64), stops, time_stamp=time_stamp) if walk else {}
+    ids = np.array(walk, dtype=np.uint64)
+    anc = (store.get_ancestors(ids, stops, time_stamp=time_stamp, parents=parents) if parents
+           else store.get_ancestors(ids, stops, time_stamp=time_stamp)) if walk else {}
     ancestor_at = {s: dict(zip(walk, anc[s].tolist())) for s in stops} if walk else {s: {} for s in stops}
     out = []
     for stop, own, others, lower in partial:

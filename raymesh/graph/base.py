@@ -83,6 +83,23 @@ class GraphStore(ABC):
         """``range_read_chunk`` of several chunks; backends with round trips batch it."""
         return [self.range_read_chunk(int(c), time_stamp=time_stamp) for c in chunk_ids]
 
+    def range_read_chunks_with_parents(self, chunk_ids: Iterable[int], time_stamp: TimeStamp = None
+                                       ) -> tuple[list[dict[int, np.ndarray]], dict[int, int]]:
+        """``range_read_chunks``, and the parent at T (0: none) of the nodes it lists where the
+        backend reads it with them at no extra cost (Bigtable: the same rows); ``{}`` otherwise.
+        Hand the parents to ``get_ancestors``/``get_roots`` (``parents=``) to skip reading them."""
+        return self.range_read_chunks(chunk_ids, time_stamp=time_stamp), {}
+
+    def _parents_known(self, node_ids: np.ndarray, ms: int, known: dict[int, int] | None) -> np.ndarray:
+        """``_parents`` that reads only the ids ``known`` (parents at the same ``ms``) lacks."""
+        if not known:
+            return self._parents(node_ids, ms)
+        out = np.fromiter((known.get(n, 0) for n in node_ids.tolist()), dtype=np.uint64, count=len(node_ids))
+        unknown = np.fromiter((n not in known for n in node_ids.tolist()), dtype=bool, count=len(node_ids))
+        if unknown.any():
+            out[unknown] = self._parents(node_ids[unknown], ms)
+        return out
+
     @abstractmethod
     def _children(self, node_ids: np.ndarray) -> dict[int, np.ndarray]:
         """Newest children cell of each id; ids without a row are absent."""
@@ -137,6 +154,16 @@ class GraphStore(ABC):
     def close(self) -> None:  # pragma: no cover - optional for backends
         pass
 
+    def reading(self):
+        """A context for a batch of dependent reads (a chunk's range read, then its ancestor
+        walk): backends with a read gate take one slot for all of them. A no-op here."""
+        return contextlib.nullcontext()
+
+    def share_reads(self, token: str | None) -> None:
+        """Let stores of this process given the same ``token`` answer reads from what the others
+        read (the caller vouches the graph as of the time stamps read does not change while the
+        token is in use: one meshing job). A no-op for backends whose reads are cheap."""
+
     def prepare(self, layout: ChunkLayout) -> None:
         """Called by builders before the first write (the meta, which defines the layout, is
         written last). Backends that derive rows from ids (Bigtable's counters) keep it."""
@@ -186,11 +213,12 @@ class GraphStore(ABC):
         return int(parents[0]) if scalar else parents
 
     def get_roots(self, node_ids, stop_layer: int | None = None, time_stamp: TimeStamp = None,
-                  ceil: bool = True, fail_to_zero: bool = False):
+                  ceil: bool = True, fail_to_zero: bool = False, parents: dict[int, int] | None = None):
         """Ancestor of each id at ``stop_layer`` (default: true roots), as of T.
 
         A parent can sit several layers above its child (skip connections); with ``ceil`` the
         first ancestor at or above the stop layer is returned, else the last one at or below it.
+        ``parents``: parents at T already read (``range_read_chunks_with_parents``), not read again.
         """
         scalar = np.isscalar(node_ids)
         result = np.atleast_1d(np.asarray(node_ids, dtype=np.uint64)).copy()
@@ -203,22 +231,24 @@ class GraphStore(ABC):
             if not len(active):
                 break
             uniq, inverse = np.unique(result[active], return_inverse=True)
-            parents = self._parents(uniq, ms)[inverse]
-            missing = parents == 0
+            found = self._parents_known(uniq, ms, parents)[inverse]
+            missing = found == 0
             if missing.any() and not fail_to_zero:
                 bad = result[active][missing]
                 raise GraphError(f"node(s) {bad[:5].tolist()} have no parent at {time_stamp}")
             if not ceil:
-                over = ~missing & (layout.get_chunk_layer(parents) > stop)
+                over = ~missing & (layout.get_chunk_layer(found) > stop)
                 done[active[over]] = True
-                parents = np.where(over, result[active], parents)
-            result[active] = parents
+                found = np.where(over, result[active], found)
+            result[active] = found
             done[active[missing]] = True
         return int(result[0]) if scalar else result
 
-    def get_ancestors(self, node_ids, stop_layers, time_stamp: TimeStamp = None) -> dict[int, np.ndarray]:
+    def get_ancestors(self, node_ids, stop_layers, time_stamp: TimeStamp = None,
+                      parents: dict[int, int] | None = None) -> dict[int, np.ndarray]:
         """``get_roots(ids, stop_layer=s, ceil=True, fail_to_zero=True)`` for several ``s`` in one
-        walk up the hierarchy (a layer-2 chunk needs its own stop layer and its lower neighbours')."""
+        walk up the hierarchy (a layer-2 chunk needs its own stop layer and its lower neighbours').
+        ``parents``: parents at T already read (``range_read_chunks_with_parents``)."""
         ids = np.asarray(node_ids, dtype=np.uint64)
         stops = sorted({int(s) for s in stop_layers})
         out = {s: np.zeros(len(ids), dtype=np.uint64) for s in stops}
@@ -237,7 +267,7 @@ class GraphStore(ABC):
             if not len(active):
                 break
             uniq, inverse = np.unique(current[active], return_inverse=True)
-            parents = self._parents(uniq, ms)[inverse]
-            current[active] = parents
-            alive[active[parents == 0]] = False
+            found = self._parents_known(uniq, ms, parents)[inverse]
+            current[active] = found
+            alive[active[found == 0]] = False
         return out
