@@ -37,21 +37,33 @@ class ChunkMeshes:
 
 
 def simplified_meshes(labels: np.ndarray, resolution, max_error: float = 40,
-                      reduction_factor: int = REDUCTION_FACTOR) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+                      reduction_factor: int = REDUCTION_FACTOR,
+                      simplifier: str = "zmesh") -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """``(label, vertices nm relative to the block, faces)`` per non-zero label, ascending.
 
     PCG's call sequence (one mesher, get then erase, ascending labels): zmesh 1.15 carries state
     between ``get`` calls, so the sequence is part of what makes the output reproducible.
+    ``simplifier``: ``zmesh`` simplifies inside ``get`` (PCG's); another (``raymesh.simplify``)
+    takes the unsimplified marching-cubes mesh and keeps its vertices on the block's faces.
     """
     mesher = zmesh.Mesher(tuple(float(r) for r in resolution))
     mesher.mesh(np.ascontiguousarray(labels))
+    own = simplifier == "zmesh"
+    if not own:
+        from raymesh.simplify import simplify
+
+        top = (np.asarray(labels.shape) - 1) * np.asarray(resolution, dtype=np.float64)
     try:
         for label in sorted(int(i) for i in mesher.ids()):
             if label == 0:
                 continue
-            mesh = mesher.get(label, normals=False, reduction_factor=reduction_factor, max_error=max_error)
+            mesh = mesher.get(label, normals=False, reduction_factor=reduction_factor if own else 0,
+                              max_error=max_error)
             mesher.erase(label)
-            yield label, mesh.vertices.astype(np.float64), mesh.faces
+            vertices, faces = mesh.vertices, mesh.faces
+            if not own:
+                vertices, faces = simplify(simplifier, vertices, faces, top, max_error, reduction_factor, resolution)
+            yield label, vertices.astype(np.float64), faces
     finally:
         mesher.clear()
 
@@ -61,7 +73,8 @@ Cap = tuple[tuple[int, ...], np.ndarray, np.ndarray]  # (axes it lies below, ver
 
 def cap_meshes(labels: np.ndarray, uncovered: dict[tuple[int, ...], set[int]], resolution, max_error: float = 40,
                reduction_factor: int = REDUCTION_FACTOR,
-               drops: dict[tuple[int, ...], np.ndarray] | None = None) -> dict[int, list[Cap]]:
+               drops: dict[tuple[int, ...], np.ndarray] | None = None,
+               simplifier: str = "zmesh") -> dict[int, list[Cap]]:
     """Caps for the nodes lower neighbours leave open: ``{label: [(axes, vertices, faces), ...]}``.
 
     Deliberate addition to PCG (pcg-compat.md 6.3 leaves these open): where the lower neighbours
@@ -70,8 +83,8 @@ def cap_meshes(labels: np.ndarray, uncovered: dict[tuple[int, ...], set[int]], r
     way those neighbours would have: the node's voxels on that plane, line or voxel, with one
     plane of background before them on each of those axes, give the face half a voxel below and
     the walls up to the planes. Its open edges on the planes are the same marching-squares
-    contours as the node's own open edges there and the neighbouring caps' (zmesh keeps
-    open-boundary vertices through simplification), so they all weld exactly. ``drops``: first-
+    contours as the node's own open edges there and the neighbouring caps' (either simplifier
+    keeps open-boundary vertices: ``raymesh.simplify``), so they all weld exactly. ``drops``: first-
     plane voxels a face cap leaves to another chunk's cap (``corners.corner_drops``).
     """
     out: dict[int, list[Cap]] = {}
@@ -86,7 +99,7 @@ def cap_meshes(labels: np.ndarray, uncovered: dict[tuple[int, ...], set[int]], r
             continue
         block = np.pad(np.where(keep, first, 0), [(1, 0) if a in axes else (0, 0) for a in range(3)])
         shift = np.array([float(resolution[a]) if a in axes else 0.0 for a in range(3)])
-        for label, vertices, faces in simplified_meshes(block, resolution, max_error, reduction_factor):
+        for label, vertices, faces in simplified_meshes(block, resolution, max_error, reduction_factor, simplifier):
             out.setdefault(label, []).append((axes, vertices - shift, faces))
     return out
 
@@ -171,12 +184,14 @@ def mesh_block(labels: np.ndarray, offset_nm: np.ndarray, resolution, settings: 
                max_error: float = 40, reduction_factor: int = REDUCTION_FACTOR,
                chunk_id: int = 0, layer: int = 2,
                caps: dict[int, list[Cap]] | None = None,
-               patches: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] | None = None) -> ChunkMeshes:
-    """zmesh marching cubes + simplification of every label, shifted to nm, Draco-encoded."""
+               patches: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] | None = None,
+               simplifier: str = "zmesh") -> ChunkMeshes:
+    """zmesh marching cubes + simplification (``simplifier``: ``simplified_meshes``) of every
+    label, shifted to nm, Draco-encoded."""
     out = ChunkMeshes(chunk_id=chunk_id, layer=layer)
     caps, patches = caps or {}, patches or {}
     top = (np.asarray(labels.shape) - 1) * np.asarray(resolution, dtype=np.float64)
-    for label, vertices, faces in simplified_meshes(labels, resolution, max_error, reduction_factor):
+    for label, vertices, faces in simplified_meshes(labels, resolution, max_error, reduction_factor, simplifier):
         out.n_nodes += 1
         if label in caps:
             vertices, faces = _with_caps(vertices, faces, caps[label])
@@ -328,9 +343,10 @@ def corner_views(store, grid: MeshGrid, coords, view: ChunkView, known: dict[tup
 
 
 def mesh_l2_chunk(store, grid: MeshGrid, coords, *, time_stamp=None, max_error: float = 40,
-                  dust_threshold: int | None = None) -> ChunkMeshes:
+                  dust_threshold: int | None = None, simplifier: str = "zmesh") -> ChunkMeshes:
     """Read, remap and mesh one layer-2 chunk (its upper neighbours remapped too, for the seams,
-    and around an edge line where two chunks' caps meet, the chunks there)."""
+    and around an edge line where two chunks' caps meet, the chunks there). ``simplifier``:
+    ``simplified_meshes``, for the node meshes and their caps alike."""
     layout = grid.layout
     coords = tuple(int(c) for c in coords)
     chunk_id = int(layout.chunk_id(2, *coords))
@@ -345,13 +361,14 @@ def mesh_l2_chunk(store, grid: MeshGrid, coords, *, time_stamp=None, max_error: 
     planes = neighbour_planes(grid, labels, upper, cache)
     known = {tuple(up): h for _, up, h in upper}
     pairs, views = corner_views(store, grid, coords, view, known, cache, time_stamp)
-    caps = cap_meshes(labels, view.uncovered, grid.resolution, max_error, drops=corner_drops(view, pairs, views))
+    caps = cap_meshes(labels, view.uncovered, grid.resolution, max_error, drops=corner_drops(view, pairs, views),
+                      simplifier=simplifier)
     if pairs:
         above_p = {a: upper_plane(labels, seg, hood, a) for a in sorted({a for a, _ in pairs})}
         for label, pieces in corner_patches(view, pairs, views, above_p, grid.resolution).items():
             caps.setdefault(label, []).extend(pieces)
     patches = seam_patches(labels, planes, grid.resolution)
     result = mesh_block(labels, grid.chunk_offset(chunk_id), grid.resolution, grid.chunk_settings(chunk_id),
-                        max_error=max_error, chunk_id=chunk_id, caps=caps, patches=patches)
+                        max_error=max_error, chunk_id=chunk_id, caps=caps, patches=patches, simplifier=simplifier)
     result.n_nodes = len(hood.own)
     return result
