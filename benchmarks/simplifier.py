@@ -292,9 +292,10 @@ def main() -> None:
     emit("simplifier", figures, {
         "volume": "connectomics.npy.ckl.gz", "shape": list(labels.shape), "chunk_size": list(CHUNK),
         "resolution": list(RESOLUTION), "mip": 0, "max_error": args.max_error, "chunks": len(chunks),
-        "repeats": args.repeats, "quick": args.quick, "quality_every": every, "workers": 1, "points_per_faces": args.points_per_faces,
-        "meshopt_error_fit": raymesh.simplify.MESHOPT_ERROR_FIT,
-        "meshopt_target_error_nm": round(raymesh.simplify.meshopt_target_error(args.max_error, RESOLUTION), 2), "meshoptimizer": metadata.version("meshoptimizer")})
+        "repeats": args.repeats, "quick": args.quick, "quality_every": every, "workers": 1,
+        "points_per_faces": args.points_per_faces, "meshopt_error_fit": raymesh.simplify.MESHOPT_ERROR_FIT,
+        "meshopt_target_error_nm": round(raymesh.simplify.meshopt_target_error(args.max_error, RESOLUTION), 2),
+        "meshoptimizer": metadata.version("meshoptimizer")})
 
 
 if __name__ == "__main__":

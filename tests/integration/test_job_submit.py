@@ -74,7 +74,7 @@ def test_demo_config_through_ray_job_submit(head, synthetic, tmp_path):
                     graph_id="demo")
     entrypoint = ["raymesh", "mesh", "--config", str(REPO / "configs" / "demo.yaml"), "--graph", g.store_url,
                   "--address", "auto", "--json", "--time-stamp", "2000000000"]
-    deadline = time.monotonic() + 180  # slow to come up on a loaded 2-core machine
+    deadline = time.monotonic() + 300  # slow to come up on a loaded 2-core machine (180 s was not enough once)
     not_up_yet = ("Connection refused", "No available agent")
     while True:  # the dashboard's job API and agent come up a little after `ray start` returns
         out = subprocess.run([str(BIN / "ray"), "job", "submit", "--address", address, "--", *entrypoint],
