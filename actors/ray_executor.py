@@ -95,6 +95,29 @@ def _merge_parts(job, item, keep_shards: bool, *parts):
     return (meta, out.shard if out.shard is not None else _EMPTY)
 
 
+LOCAL_START_TRIES = 3
+
+
+def start_local_ray(**kwargs) -> None:
+    """``ray.init`` of a new local Ray, tried again when it times out starting up.
+
+    On a loaded machine a local start can time out ("The current node timed out during startup",
+    "Timed out waiting for file .../gcs_server_port..."), though the next try works; after the
+    last try the error says so instead of showing Ray's traceback."""
+    for attempt in range(1, LOCAL_START_TRIES + 1):
+        try:
+            ray.init(**kwargs)
+            return
+        except Exception as exc:  # Ray raises bare Exception for a node start-up time-out
+            if "timed out" not in str(exc).lower():
+                raise
+            ray.shutdown()
+            if attempt == LOCAL_START_TRIES:
+                raise RuntimeError(f"the local Ray did not start ({str(exc).splitlines()[0]}) in {attempt} tries; "
+                                   "the machine may be overloaded: run again, or use --executor serial") from exc
+            time.sleep(2.0 * attempt)
+
+
 class ReadProfile:
     """Per layer: chunks, task seconds, and the graph reads inside them (round trips, rows,
     seconds), summed over the tasks that meshed each chunk (``RayExecutor.profile``)."""
@@ -152,7 +175,10 @@ class RayExecutor:
                 if passed:  # e.g. a Bigtable emulator chosen after this shell started
                     kwargs["runtime_env"] = {"env_vars": passed}
             try:
-                ray.init(**kwargs)
+                if address:
+                    ray.init(**kwargs)
+                else:
+                    start_local_ray(**kwargs)
             except (ConnectionError, RuntimeError, ValueError, ray.exceptions.AuthenticationError) as exc:
                 from actors.ray_auth import explain
 

@@ -7,7 +7,9 @@ import pytest
 def ray_local():
     import ray
 
-    ray.init(num_cpus=2, object_store_memory=200 * 2**20, include_dashboard=False,
-             log_to_driver=False, ignore_reinit_error=True)
+    from actors.ray_executor import start_local_ray
+
+    start_local_ray(num_cpus=2, object_store_memory=200 * 2**20, include_dashboard=False,
+                    log_to_driver=False, ignore_reinit_error=True)
     yield ray
     ray.shutdown()

@@ -135,3 +135,40 @@ def test_python_api_takes_a_dict_a_yaml_path_or_a_config(job, tmp_path):
     assert [s.layer for s in third.layers] == [2, 3]
     with pytest.raises(ConfigError, match="unknown key 'bogus'"):
         raymesh.run({**settings, "bogus": 1}, progress=False)
+
+
+def test_a_local_ray_that_times_out_starting_is_tried_again(monkeypatch):
+    """Ray's start-up time-outs on a loaded machine are retried; other errors are not; the last
+    time-out says what to do (issue 19)."""
+    import ray
+
+    from actors import ray_executor
+
+    calls = []
+
+    def flaky(**kwargs):
+        calls.append(kwargs)
+        if len(calls) < 3:
+            raise Exception("The current node timed out during startup. This could happen because ...")
+
+    monkeypatch.setattr(ray, "init", flaky)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    monkeypatch.setattr(ray_executor.time, "sleep", lambda s: None)
+    ray_executor.start_local_ray(num_cpus=1)
+    assert len(calls) == 3
+    calls.clear()
+
+    def always(**kwargs):
+        calls.append(kwargs)
+        raise RuntimeError("Timed out waiting for file /tmp/ray/session_x/gcs_server_port_y")
+
+    monkeypatch.setattr(ray, "init", always)
+    with pytest.raises(RuntimeError, match="did not start .* in 3 tries; the machine may be overloaded"):
+        ray_executor.start_local_ray(num_cpus=1)
+
+    def other(**kwargs):
+        raise ValueError("bad argument")
+
+    monkeypatch.setattr(ray, "init", other)
+    with pytest.raises(ValueError, match="bad argument"):
+        ray_executor.start_local_ray(num_cpus=1)
