@@ -135,14 +135,15 @@ def expected_settings(grid, layer: int, chunk_id: int):
     return settings
 
 
-def chunk_bounds(job, layer: int, chunk_id: int) -> tuple[np.ndarray, np.ndarray]:
+def chunk_bounds(job, layer: int, chunk_id: int, settings) -> tuple[np.ndarray, np.ndarray]:
     """Where a chunk's fragments may lie, in nm: the chunk, one voxel of overlap above, half a
-    voxel of cap below, plus what simplification (max_error) and quantization (a bin) move."""
+    voxel of cap below, plus what simplification (max_error) and quantization (a bin of the
+    chunk's grid, ``settings``) move."""
     grid = job.grid
     res = np.asarray(grid.resolution)
     lo = grid.chunk_offset(chunk_id)
     hi = lo + grid.block_shape(layer) * res
-    bin_nm = expected_settings(grid, layer, chunk_id).bin
+    bin_nm = settings.bin
     slack = float(job.config.max_error) + 2 * bin_nm
     return lo - res / 2 - slack, hi + res + slack
 
@@ -180,7 +181,7 @@ def check_chunk(job, item) -> ChunkCheck:
     for node in sorted(set(values) - may):
         out.problem("extra_fragment", f"node {node} has a fragment in {key} but should have none", node)
     settings = expected_settings(job.grid, layer, chunk_id)
-    lo, hi = chunk_bounds(job, layer, chunk_id)
+    lo, hi = chunk_bounds(job, layer, chunk_id, settings)
     planes = internal_planes(job.grid, chunk_id) if layer > 2 else None
     for node in sorted(values):
         try:
