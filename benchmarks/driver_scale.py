@@ -49,7 +49,7 @@ class NoopJob:
         return TaskRequest(64 * 2**20)
 
     def mesh_chunk(self, item, shards=None, keep_shard=False):
-        from raymesh.job import ChunkOutput, ChunkStats
+        from raymesh.runs.job import ChunkOutput, ChunkStats
 
         layer, coords = item
         return ChunkOutput(ChunkStats(layer, coords))
@@ -65,7 +65,7 @@ def main() -> None:
     import ray
 
     from actors.ray_executor import RayExecutor
-    from raymesh.job import LayerSummary
+    from raymesh.runs.job import LayerSummary
 
     side = round(args.chunks ** (1 / 3))
     side += side ** 3 < args.chunks

@@ -70,7 +70,7 @@ class Breakdown:
 
 
 def instrument() -> Breakdown:
-    import raymesh.job as job_mod
+    import raymesh.runs.job as job_mod
     import raymesh.l2 as l2
     import raymesh.storage as storage
 
@@ -94,7 +94,7 @@ def main() -> None:
     labels = real_labels_or_exit("l2_rate", args.quick)
     from raymesh.builder import build_graph
     from raymesh.config import MeshConfig
-    from raymesh.job import MeshJob
+    from raymesh.runs.job import MeshJob
     from raymesh.l2 import mesh_block, read_l2_block
     from raymesh.remap import fetch_neighbourhood, remap_chunk
 

@@ -201,7 +201,7 @@ def closed_objects(labels, max_error: float) -> dict:
     from raymesh.builder import build_graph
     from raymesh.config import MeshConfig
     from raymesh.driver import run
-    from raymesh.job import MeshJob
+    from raymesh.runs.job import MeshJob
     from raymesh.volume import read_block
     from stitch_checks import closed_interior_objects
 
@@ -264,7 +264,7 @@ def main() -> None:
     labels = real_labels_or_exit("simplifier", args.quick)
     from raymesh.builder import build_graph
     from raymesh.config import MeshConfig
-    from raymesh.job import MeshJob
+    from raymesh.runs.job import MeshJob
     from raymesh.l2 import read_l2_block
     from raymesh.remap import fetch_neighbourhood, remap_chunk
 

@@ -79,7 +79,7 @@ def _mib(n: float) -> float:
 
 def _stitch_in_fresh_process(config_json: str, layer: int, coords, whole: bool, out: "mp.Queue") -> None:
     from raymesh.config import MeshConfig
-    from raymesh.job import MeshJob
+    from raymesh.runs.job import MeshJob
     from raymesh.mesh_layout import shard_key
 
     job = MeshJob(MeshConfig.model_validate_json(config_json))
@@ -98,7 +98,7 @@ def _parts_in_fresh_process(config_json: str, layer: int, coords, out: "mp.Queue
     """The chunk's task as the Ray runtime runs it (plan; stitch, or split), then every part one
     after another, each with its own peaks; and the node factor of its biggest nodes."""
     from raymesh.config import MeshConfig
-    from raymesh.job import MeshJob
+    from raymesh.runs.job import MeshJob
     from raymesh.stitch import StitchPlan, stitch_node
 
     job = MeshJob(MeshConfig.model_validate_json(config_json))
@@ -192,7 +192,7 @@ def main() -> None:
     from raymesh.builder import build_graph
     from raymesh.config import MeshConfig
     from raymesh.driver import run
-    from raymesh.job import MeshJob
+    from raymesh.runs.job import MeshJob
     from raymesh.placement import TASK_BASE_BYTES
     from raymesh.storage import local_path
 

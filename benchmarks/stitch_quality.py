@@ -83,7 +83,7 @@ def main() -> None:
     from raymesh.builder import build_graph
     from raymesh.config import MeshConfig
     from raymesh.driver import run
-    from raymesh.job import MeshJob
+    from raymesh.runs.job import MeshJob
     from raymesh.placement import TASK_BASE_BYTES
     from raymesh.storage import local_path
     from raymesh.volume import read_block

@@ -30,7 +30,7 @@ def main(argv=None) -> None:
     from raymesh.config import MeshConfig
     from raymesh.driver import run
     from raymesh.executors import SerialExecutor
-    from raymesh.job import MeshJob
+    from raymesh.runs.job import MeshJob
     from raymesh.verify.runner import verify
 
     name = "verify_cost"

@@ -106,7 +106,7 @@ def remesher_for(graph: str, force: bool = False, executor: str = "serial", work
     """A ``Remesher`` with the graph's recorded mesh parameters (custom_data['mesh'])."""
     from raymesh.config import MeshConfig
     from raymesh.graph import open_store
-    from raymesh.job import MeshJob
+    from raymesh.runs.job import MeshJob
     from raymesh.remesh import Remesher
 
     settings = open_store(graph).meta.mesh_settings()

@@ -13,7 +13,7 @@ import time
 from raymesh.config import MeshConfig
 from raymesh.errors import ConfigError
 from raymesh.executors import Executor, SerialExecutor
-from raymesh.job import LayerSummary, MeshJob, RunSummary
+from raymesh.runs.job import LayerSummary, MeshJob, RunSummary
 
 
 SMALL_JOB_CHUNKS = 64  # chunks (all layers) below which a local run skips starting Ray

@@ -50,7 +50,7 @@ class ViewerMeshes:
     def __init__(self, graph: str, mesh_dir: str | None = None):
         from raymesh.config import load_config
         from raymesh.graph import open_store
-        from raymesh.job import MeshJob
+        from raymesh.runs.job import MeshJob
 
         store = open_store(graph)
         settings = store.meta.mesh_settings()

@@ -157,7 +157,7 @@ def check_chunk(job, item) -> ChunkCheck:
     chunk_id = int(layout.chunk_id(layer, *coords))
     record = job.bucket.read(job.failed_path(layer, coords))
     if record is not None:
-        from raymesh.job import _failures_in
+        from raymesh.runs.job import _failures_in
 
         out.problem("failed_chunk", "its last run failed: " + "; ".join(_failures_in(record)))
     must, may = expected_nodes(job, layer, coords)

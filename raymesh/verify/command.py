@@ -41,7 +41,7 @@ def cmd_verify(args) -> int:
     from raymesh.cli_mesh import parse_layers
     from raymesh.config import load_config
     from raymesh.driver import make_executor
-    from raymesh.job import MeshJob
+    from raymesh.runs.job import MeshJob
     from raymesh.verify.report import to_html, to_json
     from raymesh.verify.runner import verify
 
@@ -112,7 +112,7 @@ def repair(config, report_path: str, progress: bool = True):
     plain run over the layers involved (bottom first) redoes those chunks (and only those, with
     any others found unsound); edits' nodes are remeshed; the metadata is rewritten."""
     from raymesh.driver import run
-    from raymesh.job import MeshJob
+    from raymesh.runs.job import MeshJob
 
     try:
         with open(report_path) as f:

@@ -7,7 +7,7 @@ import pytest
 from raymesh.builder import build_graph
 from raymesh.config import MeshConfig
 from raymesh.driver import run
-from raymesh.job import MeshJob
+from raymesh.runs.job import MeshJob
 from support import all_shards
 
 

@@ -18,7 +18,7 @@ import pytest
 from raymesh.builder import build_graph
 from raymesh.config import load_config
 from raymesh.demo import DEMO_CHUNK, DEMO_RESOLUTION
-from raymesh.job import MeshJob
+from raymesh.runs.job import MeshJob
 from raymesh.manifest import manifest_nodes
 from raymesh.volume import read_block
 from readback import cloudvolume_reader

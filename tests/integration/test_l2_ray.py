@@ -8,7 +8,7 @@ from raymesh.builder import build_graph
 from raymesh.config import MeshConfig
 from raymesh.driver import run
 from raymesh.graph import open_store
-from raymesh.job import MeshJob
+from raymesh.runs.job import MeshJob
 from readback import cloudvolume_for
 from support import SYNTH_CHUNK, SYNTH_RES
 

@@ -11,7 +11,7 @@ from raymesh.cli_edit import remesher_for
 from raymesh.config import MeshConfig
 from raymesh.driver import run
 from raymesh.edits import merge, split
-from raymesh.job import MeshJob
+from raymesh.runs.job import MeshJob
 from raymesh.volume import read_block
 from readback import cloudvolume_reader
 from stitch_checks import assert_stitched_like_layer2, closed_interior_objects, interior_roots

@@ -13,7 +13,7 @@ from raymesh.builder import build_graph
 from raymesh.config import MeshConfig
 from raymesh.driver import run
 from raymesh.errors import ConfigError
-from raymesh.job import MeshJob
+from raymesh.runs.job import MeshJob
 from support import SYNTH_CHUNK, SYNTH_RES, all_shards
 
 

@@ -13,7 +13,7 @@ from raymesh.builder import build_graph
 from raymesh.cli import main as cli
 from raymesh.config import MeshConfig
 from raymesh.driver import run
-from raymesh.job import MeshJob
+from raymesh.runs.job import MeshJob
 from raymesh.storage import local_path
 from support import SYNTH_CHUNK, SYNTH_RES
 

@@ -13,7 +13,7 @@ from raymesh.config import MeshConfig
 from raymesh.driver import run
 from raymesh.graph import GraphError, open_store
 from raymesh.graph.pcg_meta import _RestrictedUnpickler, dumps_meta, loads_meta
-from raymesh.job import MeshJob
+from raymesh.runs.job import MeshJob
 from support import SYNTH_CHUNK, SYNTH_RES, all_shards
 
 PROJECT, INSTANCE = "raymesh-test", "pychunkedgraph"
@@ -114,7 +114,7 @@ def test_graph_meta_is_a_dry_run_unless_asked(both):
     store = open_store(url)
     # max_layer only moves forward: it is the highest layer the mesh dir holds (an earlier test
     # may have meshed it further), never this run's last layer.
-    from raymesh.job import MeshJob
+    from raymesh.runs.job import MeshJob
     from raymesh.runs.record import RunRecord
 
     record = RunRecord.from_bytes(MeshJob(config).bucket.read("raymesh_run.json"), "record")

@@ -15,7 +15,7 @@ from raymesh.driver import run
 from raymesh.edits import EditError, merge, split
 from raymesh.errors import ConfigError
 from raymesh.graph import GraphError, open_store
-from raymesh.job import MeshJob
+from raymesh.runs.job import MeshJob
 from raymesh.volume import read_block
 from readback import cloudvolume_reader
 from stitch_checks import assert_stitched_like_layer2, closed_interior_objects

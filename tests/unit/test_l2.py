@@ -13,7 +13,7 @@ from raymesh.draco import DracoSettings
 from raymesh.driver import run
 from raymesh.errors import ConfigError
 from raymesh.graph import open_store
-from raymesh.job import MeshJob
+from raymesh.runs.job import MeshJob
 from raymesh.l2 import mesh_block
 from raymesh.storage import Bucket
 from raymesh.volume import SegmentationError

@@ -6,7 +6,7 @@ import pytest
 from raymesh.builder import build_graph
 from raymesh.config import MeshConfig
 from raymesh.errors import ConfigError
-from raymesh.job import MeshJob
+from raymesh.runs.job import MeshJob
 from raymesh.placement import (MAX_PARTS, NODE_BYTES_PER_CHILD_BYTE, TASK_BASE_BYTES, TaskRequest, layer_resources, node_limit,
                                stitch_parts, stitch_request, unsatisfiable)
 from raymesh.stitch import consumer_nodes, plan_chunk

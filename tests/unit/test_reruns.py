@@ -16,7 +16,7 @@ from raymesh.cli import main as cli
 from raymesh.config import MeshConfig
 from raymesh.driver import coverage_gap, run
 from raymesh.graph import open_store
-from raymesh.job import LayerSummary, MeshJob
+from raymesh.runs.job import LayerSummary, MeshJob
 from raymesh.l2 import block_mismatch
 from raymesh.mesh_layout import RUN_RECORD, shard_key
 from raymesh.remap import Neighbourhood

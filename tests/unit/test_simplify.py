@@ -150,7 +150,7 @@ def test_meshopt_run_end_to_end_seams_and_closed_objects(synthetic_graph, tmp_pa
     and the interior objects close as with zmesh."""
     from l2_checks import assert_seams_coincide, assert_within_chunk
     from raymesh.driver import run
-    from raymesh.job import MeshJob
+    from raymesh.runs.job import MeshJob
     from raymesh.manifest import shard_has_mesh
     from raymesh.volume import read_block
     from stitch_checks import assert_stitched_like_layer2, closed_interior_objects, read_fragment

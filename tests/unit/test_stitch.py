@@ -9,7 +9,7 @@ from raymesh.builder import build_graph
 from raymesh.config import MeshConfig
 from raymesh.driver import run
 from raymesh.errors import MeshingError
-from raymesh.job import MeshJob
+from raymesh.runs.job import MeshJob
 from raymesh.manifest import manifest_nodes
 from raymesh.mesh_layout import shard_key
 from raymesh.sharding import ShardBuilder, ShardingSpec, canonical_order, synthesize_shard

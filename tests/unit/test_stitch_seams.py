@@ -12,7 +12,7 @@ from raymesh.config import MeshConfig
 from raymesh.draco import MeshGrid, decode, encode
 from raymesh.driver import run
 from raymesh.ids import ChunkLayout
-from raymesh.job import MeshJob
+from raymesh.runs.job import MeshJob
 from raymesh.stitch import plan_chunk, seam_planes, stitch_node
 from stitch_checks import (edge_use, internal_plane_duplicates, internal_planes, l2_descendants, merged,
                            read_fragment, unmerged_seam_vertices)

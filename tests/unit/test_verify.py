@@ -13,7 +13,7 @@ import pytest
 
 from raymesh.cli import main as cli
 from raymesh.config import MeshConfig
-from raymesh.job import MeshJob
+from raymesh.runs.job import MeshJob
 from raymesh.sharding import locate
 from raymesh.storage import local_path
 from raymesh.verify.checks import seam_cracks

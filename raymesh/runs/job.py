@@ -1,5 +1,6 @@
-"""One meshing job: its plan (validated layers and chunk ranges), the per-chunk task body, the
-metadata written at the end, and the run summary.
+"""One meshing job: its plan (validated layers and chunk ranges), the state of each chunk in the
+mesh dir, the per-chunk task (dispatched by layer kind: ``runs.layer2``, ``runs.stitching``) and
+the metadata written at the end.
 
 A ``MeshJob`` pickles as its config, so Ray tasks receive it cheaply and reopen the store,
 segmentation and output on the worker.
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Iterator
 
@@ -21,136 +21,25 @@ from raymesh.errors import ConfigError
 from raymesh.graph import open_store
 from raymesh.graph.base import to_datetime, utcnow
 from raymesh.mesh_layout import RUN_RECORD, default_sharding, failed_key, mesh_info, mesh_metadata, shard_key
-from raymesh.placement import TaskRequest, l2_request, layer_resources, stitch_request, stitch_work
-from raymesh.sharding import ShardError, ShardingSpec, check_shard, synthesize_shard
+from raymesh.placement import TaskRequest, l2_request, layer_resources, stitch_request
+from raymesh.runs.layer2 import Layer2Chunks
+from raymesh.runs.stitching import SPOOL_BYTES, StitchChunks, StitchedPart
+from raymesh.runs.summary import ChunkOutput, ChunkStats, LayerSummary, RunSummary
+from raymesh.sharding import ShardError, ShardingSpec, check_shard
 from raymesh.storage import Bucket, RangeError, join
 
 if TYPE_CHECKING:
     from raymesh.runs.record import RunRecord
-    from raymesh.stitch import StitchPlan
 
-
-@dataclass
-class ChunkStats:
-    layer: int
-    chunk: tuple[int, int, int]
-    nodes: int = 0
-    fragments: int = 0
-    bytes_written: int = 0
-    failures: list[str] = field(default_factory=list)
-    skipped: bool = False
-    seconds: float = 0.0
-    shard_reads: int = 0  # shard files read from storage (child shards; own shard when resumed)
-    cache_reads: int = 0  # child shards handed over from the object store
-    bytes_read: int = 0  # child shard bytes read (stitching)
-    shard_bytes: int = 0  # size of this chunk's shard, written now or found from a previous run
-    missing: int = 0  # descendants without a fragment in an existing child shard
-    unstitched: list[int] = field(default_factory=list)  # nodes left to their children's meshes
-    parts: int = 1  # tasks the chunk's nodes were split over (stitching, past the memory budget)
-    redone: str = ""  # why a chunk a previous run wrote was done again (it failed, its shard is unsound)
-
-
-@dataclass
-class LayerSummary:
-    layer: int
-    chunks: int = 0
-    chunks_skipped: int = 0
-    nodes: int = 0
-    fragments: int = 0
-    bytes_written: int = 0
-    failures: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-    shard_reads: int = 0
-    cache_reads: int = 0
-    bytes_read: int = 0
-    missing: int = 0
-    unstitched: int = 0  # nodes over the node limit (or above one), left to their children's meshes
-    chunks_split: int = 0  # chunks whose nodes were split over several tasks
-    redone: list[str] = field(default_factory=list)  # chunks of earlier runs done again, and why
-
-    def add(self, s: ChunkStats) -> None:
-        self.chunks += 1
-        if s.redone:
-            self.redone.append(f"chunk {s.chunk}: {s.redone}")
-        self.chunks_skipped += int(s.skipped)
-        self.nodes += s.nodes
-        self.fragments += s.fragments
-        self.bytes_written += s.bytes_written
-        self.failures.extend(f"chunk {s.chunk}: {f}" for f in s.failures)
-        self.shard_reads += s.shard_reads
-        self.cache_reads += s.cache_reads
-        self.bytes_read += s.bytes_read
-        self.missing += s.missing
-        self.unstitched += len(s.unstitched)
-        self.chunks_split += int(s.parts > 1)
-
-
-@dataclass
-class RunSummary:
-    graph: str
-    mesh_path: str
-    layers: list[LayerSummary] = field(default_factory=list)
-    seconds: float = 0.0
-    graph_meta: str = ""  # what happened to the graph's custom_data["mesh"]
-    not_run: list[int] = field(default_factory=list)  # layers left out because one below failed
-    executor: str = ""  # where the chunks ran
-
-    @property
-    def failed(self) -> bool:
-        return any(layer.failures for layer in self.layers) or bool(self.not_run)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-
-@dataclass
-class ChunkOutput:
-    """A task's answer for one chunk: its stats and, for the shard caches, the shard's bytes with
-    the chunks of this job that will read them (none when no later layer does)."""
-
-    stats: ChunkStats
-    shard: np.ndarray | None = None
-    consumers: list[tuple[int, int]] = field(default_factory=list)  # (layer, chunk id)
-    split: list | None = None  # the chunk was not stitched: its plan in parts (StitchPlan each)
-
+__all__ = ["MeshJob", "ChunkOutput", "ChunkStats", "LayerSummary", "RunSummary", "StitchedPart", "SPOOL_BYTES",
+           "NOT_WRITTEN"]
 
 NOT_WRITTEN = "not written yet"
-SPOOL_BYTES = 2**20  # finished fragments held in memory before spilling to a temporary file
 
 
-class StitchedPart:
-    """Fragments of one slice of a chunk's nodes, packed in one buffer (cheap to ship through Ray)."""
+class MeshJob(Layer2Chunks, StitchChunks):
+    """A meshing run's plan and per-chunk task; the task bodies of each layer kind are mixins."""
 
-    def __init__(self) -> None:
-        self.stats: ChunkStats | None = None
-        self.nodes: list[int] = []
-        self.sizes: list[int] = []
-        self._pieces: list[bytes] = []
-        self.data = np.zeros(0, dtype=np.uint8)
-
-    def add(self, node: int, value: bytes) -> None:
-        self.nodes.append(int(node))
-        self.sizes.append(len(value))
-        self._pieces.append(value)
-
-    def __getstate__(self):
-        data = np.frombuffer(b"".join(self._pieces), dtype=np.uint8) if self._pieces else self.data
-        return {"stats": self.stats, "nodes": self.nodes, "sizes": self.sizes, "data": data}
-
-    def __setstate__(self, state) -> None:
-        self.__dict__.update(state)
-        self._pieces = []
-
-    def fragments(self):
-        if self._pieces:
-            yield from zip(self.nodes, self._pieces)
-            return
-        offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
-        for node, lo, hi in zip(self.nodes, offsets[:-1], offsets[1:]):
-            yield node, bytes(self.data[lo:hi])
-
-
-class MeshJob:
     def __init__(self, config: MeshConfig, read_gate=None):
         self.config = config
         self.time_stamp = to_datetime(config.time_stamp) if config.time_stamp is not None else utcnow()
@@ -327,22 +216,6 @@ class MeshJob:
         coords = [int(c) for c in layout.get_chunk_coordinates(node)]
         self.record_outcome(layer, coords, [why])
 
-    def _mesh_l2(self, coords, keep_shard: bool) -> ChunkOutput:
-        from raymesh.l2 import mesh_l2_chunk
-
-        result = mesh_l2_chunk(self.store, self.grid, coords, time_stamp=self.time_stamp,
-                               max_error=self.config.max_error, dust_threshold=self.config.dust_threshold,
-                               simplifier=self.config.simplifier)
-        data = synthesize_shard(result.fragments, self.sharding(2))
-        if result.failures:
-            self.record_outcome(2, coords, result.failures)
-        self.bucket.write(self.shard_path(2, coords), data)
-        if not result.failures:
-            self.record_outcome(2, coords, [])
-        stats = ChunkStats(2, tuple(coords), nodes=result.n_nodes, fragments=len(result.fragments),
-                           bytes_written=len(data), failures=result.failures, shard_bytes=len(data))
-        return self._output(stats, data, list(result.fragments), keep_shard)
-
     def _resumed(self, layer: int, coords, key: str, keep_shard: bool) -> ChunkOutput:
         """A chunk a previous run wrote whole. Its shard is loaded for the caches only when a chunk
         of this job that reads it is not done yet (a run resumed mid-layer, or started above 2)."""
@@ -388,184 +261,6 @@ class MeshJob:
     def _in_range(self, layer: int, coords) -> bool:
         start, end = self.chunk_range(layer)
         return all(s <= int(c) < e for s, c, e in zip(start, coords, end))
-
-    def open_shard(self, layer: int, chunk_id: int):
-        """A ranged reader over a chunk's shard in storage (None for a missing file)."""
-        key = shard_key(self.meta.layout, layer, chunk_id)
-        return lambda start, stop: self.bucket.read_range(key, start, stop)
-
-    def fragment_reader(self, whole_shards: bool = False):
-        from raymesh.stitch import FragmentReader, WholeShardReader
-
-        if whole_shards:
-            layout = self.meta.layout
-            return WholeShardReader(layout, self.sharding,
-                                    lambda layer, chunk: self.bucket.read(shard_key(layout, layer, chunk)))
-        return FragmentReader(self.meta.layout, self.sharding, self.open_shard)
-
-    def stitch_chunk(self, layer: int, coords, reader=None, shards: dict[int, np.ndarray] | None = None,
-                     keep_shard: bool = False, split: bool = False) -> ChunkOutput:
-        """Stitch one chunk node by node into its shard, streaming: one node's children decoded at
-        a time, finished fragments spooled to a temporary file, the shard written whole at the end.
-
-        With ``split`` (the Ray runtime), a chunk whose nodes need more than one task's work is
-        not stitched here: the answer carries its plan cut into parts (``ChunkOutput.split``), for
-        tasks that run ``stitch_part`` in parallel and one that merges them (``write_parts``).
-        Planning once here means each part holds only its own nodes and minishard tables.
-        """
-        plan, reader, hits = self._plan(layer, coords, reader, shards)
-        if split:
-            pieces = self._split(plan, reader)
-            if len(pieces) > 1:
-                stats = ChunkStats(layer, tuple(coords), nodes=len(plan.descendants), parts=len(pieces))
-                return ChunkOutput(stats, split=pieces)
-            order = list(pieces[0].descendants)
-        else:
-            from raymesh.sharding import canonical_order
-
-            order = canonical_order(plan.descendants, self.sharding(layer))
-        builder = self._shard_builder(layer)
-        try:
-            stats = self._stitch_nodes(builder, plan, order, reader, hits)
-            return self._write_shard(builder, stats, layer, coords, keep_shard)
-        finally:
-            builder.close()
-
-    def plan_parts(self, layer: int, coords, parts: int | None = None,
-                   shards: dict[int, np.ndarray] | None = None) -> list[StitchPlan]:
-        """The chunk's plan cut into ``parts`` (default: as many as the memory budget needs; one
-        when it fits), each a run of canonical order balanced by cost."""
-        plan, reader, _ = self._plan(layer, coords, None, shards)
-        return self._split(plan, reader, parts)
-
-    def stitch_part(self, plan: StitchPlan, shards: dict[int, np.ndarray] | None = None) -> "StitchedPart":
-        """The nodes of one part of a split chunk (``plan_parts``), in the plan's order: its
-        fragments come back to be merged by ``write_parts``."""
-        reader, hits = self._reader(None, shards)
-        out = StitchedPart()
-        out.stats = self._stitch_nodes(out, plan, list(plan.descendants), reader, hits)
-        return out
-
-    def write_parts(self, layer: int, coords, parts: list["StitchedPart"], keep_shard: bool = False) -> ChunkOutput:
-        """The chunk's one shard from its parts, in order (each part is a run of canonical order,
-        so the bytes equal a single task's)."""
-        builder = self._shard_builder(layer)
-        stats = ChunkStats(layer, tuple(coords))
-        try:
-            for piece in parts:
-                for node, value in piece.fragments():
-                    builder.add(node, value)
-                for name in ("nodes", "missing", "shard_reads", "cache_reads", "bytes_read"):
-                    setattr(stats, name, getattr(stats, name) + getattr(piece.stats, name))
-                stats.failures += piece.stats.failures
-                stats.unstitched += piece.stats.unstitched
-            stats.parts = len(parts)
-            return self._write_shard(builder, stats, layer, coords, keep_shard)
-        finally:
-            builder.close()
-
-    def _shard_builder(self, layer: int):
-        """Finished fragments are spooled out as they come: the shard is ~8x bigger each layer,
-        so keeping it in memory would make a task grow with the layer, as PCG's does."""
-        from raymesh.sharding import ShardBuilder
-
-        budget = self.config.memory_budget
-        return ShardBuilder(self.sharding(layer), spool_bytes=max(1, min(budget // 4, SPOOL_BYTES)))
-
-    def _reader(self, reader, shards):
-        hits: set[int] = set()
-        if reader is None:
-            reader = self.fragment_reader() if not shards else self._cached_reader(shards, hits)
-        return reader, hits
-
-    def _plan(self, layer: int, coords, reader, shards):
-        from raymesh.stitch import plan_chunk
-
-        chunk = int(self.meta.layout.chunk_id(layer, *coords))
-        plan = plan_chunk(self.store, layer, chunk, self.time_stamp)
-        reader, hits = self._reader(reader, shards)
-        reader.preload(d for desc in plan.descendants.values() for d in desc)
-        return plan, reader, hits
-
-    def _split(self, plan, reader, parts: int | None = None) -> list[StitchPlan]:
-        """Parts from the minishard indices alone: nodes over the node limit cost nothing (they
-        are not stitched), the others their children's fragment bytes."""
-        from raymesh.placement import stitch_parts
-        from raymesh.sharding import canonical_order
-        from raymesh.stitch import node_cost, split_plan
-
-        limit = self.node_limit
-        cost = {n: (c if c <= limit else 0) for n, c in node_cost(plan, reader).items()}
-        parts = parts or stitch_parts(sum(cost.values()), self.config.memory_budget)
-        return split_plan(plan, canonical_order(plan.descendants, self.sharding(plan.layer)), cost, parts)
-
-    def _stitch_nodes(self, sink, plan, order: list[int], reader, cache_hits: set[int]) -> ChunkStats:
-        from raymesh.stitch import stitch_nodes
-
-        coords = tuple(int(c) for c in self.meta.layout.get_chunk_coordinates(plan.chunk_id))
-        stats = ChunkStats(plan.layer, coords, nodes=len(order))
-        for result in stitch_nodes(self.grid, plan, order, reader, limit=self.node_limit):
-            stats.missing += result.missing
-            if result.unstitched:
-                stats.unstitched.append(result.node)
-            elif result.failure:
-                stats.failures.append(result.failure)
-                if result.bad_child:
-                    self.mark_failed(result.bad_child, f"the fragment of node {result.bad_child} did not decode "
-                                     f"when layer {plan.layer} chunk {list(coords)} was stitched")
-            else:
-                sink.add(result.node, result.data)
-        stats.cache_reads = len(cache_hits)
-        stats.shard_reads = reader.stats.shard_files - len(cache_hits)
-        stats.bytes_read = reader.stats.bytes_read
-        return stats
-
-    @property
-    def node_limit(self) -> int:
-        """Child-fragment bytes above which a node keeps no mesh of its own (placement.node_limit)."""
-        from raymesh.placement import node_limit
-
-        return node_limit(self.config.memory_budget, self.config.max_stitch_bytes)
-
-    def _write_shard(self, builder, stats: ChunkStats, layer: int, coords, keep_shard: bool) -> ChunkOutput:
-        key = self.shard_path(layer, coords)
-        if stats.failures:
-            self.record_outcome(layer, coords, stats.failures)
-        stats.fragments = len(builder)
-        if keep_shard and builder.data_bytes > stitch_work(self.config.memory_budget) // 2:
-            # Handing the shard to the caches means assembling it in this task's memory; past half
-            # the work its readers take their fragments from storage instead (by ranged reads).
-            keep_shard = False
-        if keep_shard and len(builder):
-            # The caches want the bytes; assemble them once and write that same buffer.
-            data = np.concatenate([np.frombuffer(p, dtype=np.uint8) for p in builder.pieces()])
-            stats.bytes_written = self.bucket.write_pieces(key, [memoryview(data)])
-        else:
-            data = None
-            stats.bytes_written = self.bucket.write_pieces(key, builder.pieces())
-        stats.shard_bytes = stats.bytes_written
-        if not stats.failures:
-            self.record_outcome(layer, coords, [])
-        return self._output(stats, data, list(builder.keys), keep_shard)
-
-    def _cached_reader(self, shards: dict[int, np.ndarray], hits: set[int]):
-        """A fragment reader that serves the shards it was handed (zero-copy views of the object
-        store) and falls back to storage for the others (a lost cache, a chunk from an older run)."""
-        from raymesh.stitch import FragmentReader
-
-        def open_shard(layer: int, chunk: int):
-            data = shards.get(chunk)
-            if data is None:
-                return self.open_shard(layer, chunk)
-            hits.add(chunk)
-
-            def read(start: int, stop: int) -> bytes:
-                if start > len(data) or stop > len(data):
-                    raise RangeError(f"bytes [{start}:{stop}] are past the end of a {len(data)}-byte shard")
-                return bytes(data[start:stop])
-            return read
-
-        return FragmentReader(self.meta.layout, self.sharding, open_shard)
 
     # ---- the run record and metadata ---------------------------------------------------------
     def begin(self) -> "RunRecord":
