@@ -22,7 +22,7 @@ def _layer2(config, workers: int) -> tuple[float, dict]:
     from actors.ray_executor import RayExecutor
     from raymesh.driver import run
     from raymesh.runs.job import MeshJob
-    from raymesh.mesh_layout import shard_key
+    from raymesh.formats.mesh_layout import shard_key
 
     ray.init(num_cpus=workers, object_store_memory=256 * 2**20, include_dashboard=False, log_to_driver=False)
     try:

@@ -80,7 +80,7 @@ def _mib(n: float) -> float:
 def _stitch_in_fresh_process(config_json: str, layer: int, coords, whole: bool, out: "mp.Queue") -> None:
     from raymesh.config import MeshConfig
     from raymesh.runs.job import MeshJob
-    from raymesh.mesh_layout import shard_key
+    from raymesh.formats.mesh_layout import shard_key
 
     job = MeshJob(MeshConfig.model_validate_json(config_json))
     _ = job.store, job.grid, job.bucket
@@ -151,7 +151,7 @@ def measure(config, layer: int, coords, whole: bool, split: bool = False) -> dic
 
 def biggest_chunk(job, layer: int):
     """The chunk of ``layer`` whose children's shards hold the most bytes."""
-    from raymesh.mesh_layout import shard_key
+    from raymesh.formats.mesh_layout import shard_key
 
     layout = job.meta.layout
     sizes = {}

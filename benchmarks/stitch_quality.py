@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 def _shard_reader(job, layers):
     """``read(nodes)`` and ``has_mesh(node)`` over every shard of ``layers``, loaded once."""
-    from raymesh.draco import decode
-    from raymesh.sharding import disassemble_shard
+    from raymesh.formats.draco import decode
+    from raymesh.formats.sharding import disassemble_shard
 
     values: dict[int, bytes] = {}
     for layer in layers:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 from raymesh.errors import ConfigError
@@ -89,6 +90,13 @@ def add_commands(sub) -> None:
     p.add_argument("--placement-timeout", type=float, metavar="SECONDS",
                    help="how long to wait for a node that fits a task (an autoscaler adding one) before failing "
                    f"(default: {_default('placement_timeout'):g}: fail at once)")
+    p.add_argument("--lod-chain", dest="lod_chain", action=argparse.BooleanOptionalAction, default=None,
+                   help="also write the LOD chain for layers 3 and up: each node's mesh simplified from its "
+                   "children's (error budget lod_error * 2^(L-2) nm), into <mesh dir>/lod/, for `raymesh export "
+                   "--format precomputed` (multi-resolution, stock Neuroglancer); initial/ is unchanged "
+                   f"(default: {'on' if _default('lod_chain') else 'off'})")
+    p.add_argument("--lod-error", type=float, metavar="NM", help="base of the LOD error budget: layer L's LOD "
+                   "stays within NM * 2^(L-2) of the layer-2 surface (default: --max-error)")
     p.add_argument("--force", action="store_true", default=None,
                    help="redo chunks already written (default: skip them, redo only failed or damaged ones)")
     p.add_argument("--repair", metavar="REPORT",
@@ -123,7 +131,7 @@ def config_from_args(args):
                        max_stitch_bytes=args.max_stitch_bytes,
                        chunks_per_task=args.chunks_per_task, highmem_layer=args.highmem_layer,
                        placement_timeout=args.placement_timeout, graph_meta=args.graph_meta,
-                       max_graph_reads=args.max_graph_reads)
+                       max_graph_reads=args.max_graph_reads, lod_chain=args.lod_chain, lod_error=args.lod_error)
 
 
 def summary_lines(summary) -> list[str]:
@@ -138,6 +146,9 @@ def summary_lines(summary) -> list[str]:
                          f"{layer.cache_reads} from the object store; "
                          f"{layer.missing} layer-2 descendants without a mesh; {layer.unstitched} nodes left to "
                          "their children's meshes (over the node limit, or above such a node)")
+        if layer.lod_fragments or (layer.layer > 2 and layer.lod_seconds):
+            lines.append(f"  LOD chain: {layer.lod_fragments} meshes, {layer.lod_faces} triangles, "
+                         f"{layer.lod_bytes} bytes, {layer.lod_seconds:.1f} s of the layer's time")
         lines.extend(f"  redone: {why}" for why in layer.redone)
     if summary.graph_meta:
         lines.append(summary.graph_meta)
@@ -190,7 +201,7 @@ def cmd_mesh(args) -> int:
 
 def cmd_info(args) -> int:
     from raymesh.graph import open_store
-    from raymesh.mesh_layout import graphene_info
+    from raymesh.formats.mesh_layout import graphene_info
 
     from raymesh.cli import Output
 

@@ -47,6 +47,12 @@ class MeshConfig(BaseModel):
     simplifier: str = Field("zmesh", pattern="^(zmesh|meshopt)$", description="layer-2 simplification: "
                             "zmesh (PCG's) or meshopt (meshoptimizer, faster; raymesh/simplify.py)")
     mesh_dir: str = "graphene_meshes"
+    lod_chain: bool = Field(True, description="also write the LOD chain: a simplified mesh of every node of "
+                            "layers 3 and up, made from its children's, beside initial/ (raymesh/lod)")
+    lod_error: Optional[float] = Field(None, gt=0, description="base of the LOD error budget: a layer-L LOD "
+                                       "mesh stays within lod_error * lod_growth^(L-2) nm of the layer-2 "
+                                       "surface. Default: max_error")
+    lod_growth: float = Field(2.0, ge=1.0, description="factor the LOD error budget grows by per layer")
     time_stamp: Optional[float] = Field(None, description="POSIX seconds; default: now")
     dust_threshold: Optional[int] = Field(None, ge=1)
     sharding: dict[int, ShardingOverride] = Field(default_factory=dict)

@@ -23,7 +23,7 @@ import numpy as np
 
 from raymesh.errors import ConfigError, MeshingError
 from raymesh.graph.base import GraphError, read_ms, to_datetime
-from raymesh.mesh_layout import DYNAMIC, dynamic_name
+from raymesh.formats.mesh_layout import DYNAMIC, dynamic_name
 
 
 @dataclass

@@ -113,16 +113,31 @@ def simplify_meshopt(vertices: np.ndarray, faces: np.ndarray, top, max_error: fl
     if reduction_factor == 0 or not len(faces):
         return vertices, faces
     v32 = np.ascontiguousarray(vertices, dtype=np.float32)
-    indices = np.ascontiguousarray(faces, dtype=np.uint32).reshape(-1)
-    lock = np.ascontiguousarray(on_block_planes(v32, top), dtype=np.uint8)
-    dest = np.empty_like(indices)
+    lock = on_block_planes(v32, top)
     target = (len(faces) // int(reduction_factor)) * 3
+    error = meshopt_target_error(max_error, resolution) if target_error is None else float(target_error)
+    return collapse_locked(vertices, faces, lock, error, target)
+
+
+def collapse_locked(vertices: np.ndarray, faces: np.ndarray, lock: np.ndarray, error: float,
+                    target_indices: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """meshoptimizer's edge collapse with ``lock``-ed vertices kept, at most ``error`` nm away
+    (absolute), down to ``target_indices`` (0: as far as the error allows). The output's vertices
+    are a subset of the input's, unchanged; a connected component the collapses would remove
+    entirely is put back unsimplified."""
+    vertices = np.asarray(vertices)
+    faces = np.asarray(faces)
+    if not len(faces):
+        return vertices, faces
+    v32 = np.ascontiguousarray(vertices, dtype=np.float32)
+    indices = np.ascontiguousarray(faces, dtype=np.uint32).reshape(-1)
+    lock = np.ascontiguousarray(lock, dtype=np.uint8)
+    dest = np.empty_like(indices)
     u32, f32 = ctypes.POINTER(ctypes.c_uint), ctypes.POINTER(ctypes.c_float)
     n = _meshopt().meshopt_simplifyWithAttributes(
         dest.ctypes.data_as(u32), indices.ctypes.data_as(u32), indices.size,
         v32.ctypes.data_as(f32), len(v32), 12, None, 0, None, 0,
-        lock.ctypes.data_as(ctypes.POINTER(ctypes.c_ubyte)), target,
-        meshopt_target_error(max_error, resolution) if target_error is None else float(target_error),
+        lock.ctypes.data_as(ctypes.POINTER(ctypes.c_ubyte)), int(target_indices), float(error),
         _ERROR_ABSOLUTE, None)
     out = dest[:n].reshape(-1, 3)
     n_comp, comp = _components(len(v32), indices.reshape(-1, 3))

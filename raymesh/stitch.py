@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from raymesh.draco import DracoError, DracoSettings, MeshGrid, decode, encode, snap
+from raymesh.formats.draco import DracoError, DracoSettings, MeshGrid, decode, encode, snap
 from raymesh.errors import MeshingError
 from raymesh.ids import ChunkLayout
-from raymesh.mesh_layout import shard_key
-from raymesh.sharding import ShardError, ShardingSpec, disassemble_shard, minishard_table
+from raymesh.formats.mesh_layout import shard_key
+from raymesh.formats.sharding import ShardError, ShardingSpec, disassemble_shard, minishard_table
 from raymesh.storage import RangeError
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import zmesh
 
-from raymesh.draco import decode, encode
+from raymesh.formats.draco import decode, encode
 from raymesh.corners import ChunkView, corner_patches
 from raymesh.l2 import RemapCache, corner_views, neighbour_planes, read_l2_block, seam_patches, simplified_meshes, upper_plane
-from raymesh.mesh_layout import shard_key
+from raymesh.formats.mesh_layout import shard_key
 from raymesh.remap import fetch_neighbourhood, fetch_with_upper, remap_chunk, uncovered_by_lower
-from raymesh.sharding import disassemble_shard
+from raymesh.formats.sharding import disassemble_shard
 
 
 def chunk_fragments(job, coords) -> dict[int, bytes]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from raymesh.draco import Fragment
-from raymesh.mesh_layout import graphene_info
+from raymesh.formats.draco import Fragment
+from raymesh.formats.mesh_layout import graphene_info
 
 
 def cloudvolume_for(store):

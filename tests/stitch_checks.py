@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from raymesh.draco import decode
+from raymesh.formats.draco import decode
 from raymesh.manifest import manifest_nodes, shard_has_mesh
-from raymesh.mesh_layout import shard_key
-from raymesh.sharding import read_value
+from raymesh.formats.mesh_layout import shard_key
+from raymesh.formats.sharding import read_value
 from raymesh.verify.checks import internal_planes as chunk_planes
 from raymesh.verify.geometry import edge_use, merged, unmerged_seam_vertices  # noqa: F401 (shared with the tests)
 

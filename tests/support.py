@@ -79,7 +79,7 @@ def assert_skip_rule(store) -> None:
 
 def all_shards(job, layers) -> dict:
     """``{(layer, chunk coords): shard bytes or None}`` for every chunk of the job's layers."""
-    from raymesh.mesh_layout import shard_key
+    from raymesh.formats.mesh_layout import shard_key
 
     layout = job.meta.layout
     return {(layer, c): job.bucket.read(shard_key(layout, layer, int(layout.chunk_id(layer, *c))))

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from raymesh.errors import ConfigError, MeshingError
-from raymesh.mesh_layout import DYNAMIC, INITIAL, dynamic_name, shard_key
+from raymesh.formats.mesh_layout import DYNAMIC, INITIAL, dynamic_name, shard_key
 
 
 @dataclass(frozen=True)
@@ -153,7 +153,7 @@ class ViewerMeshes:
     # ---- whole meshes ---------------------------------------------------------------------------
     def mesh(self, node: int) -> "RootMesh":
         """A node's mesh as a viewer shows it: its fragments decoded and merged by position (nm)."""
-        from raymesh.draco import decode
+        from raymesh.formats.draco import decode
         from raymesh.verify.geometry import merged
 
         node = self.check_node(node, min_layer=2)

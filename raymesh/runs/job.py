@@ -16,16 +16,17 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 
 from raymesh.config import MeshConfig
-from raymesh.draco import MeshGrid
+from raymesh.formats.draco import MeshGrid
 from raymesh.errors import ConfigError
 from raymesh.graph import open_store
 from raymesh.graph.base import to_datetime, utcnow
-from raymesh.mesh_layout import RUN_RECORD, default_sharding, failed_key, mesh_info, mesh_metadata, shard_key
+from raymesh.formats.mesh_layout import RUN_RECORD, default_sharding, failed_key, mesh_info, mesh_metadata, shard_key
 from raymesh.placement import TaskRequest, l2_request, layer_resources, stitch_request
 from raymesh.runs.layer2 import Layer2Chunks
+from raymesh.runs.lod_chain import LodChunks
 from raymesh.runs.stitching import SPOOL_BYTES, StitchChunks, StitchedPart
 from raymesh.runs.summary import ChunkOutput, ChunkStats, LayerSummary, RunSummary
-from raymesh.sharding import ShardError, ShardingSpec, check_shard
+from raymesh.formats.sharding import ShardError, ShardingSpec, check_shard
 from raymesh.storage import Bucket, RangeError, join
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ __all__ = ["MeshJob", "ChunkOutput", "ChunkStats", "LayerSummary", "RunSummary",
 NOT_WRITTEN = "not written yet"
 
 
-class MeshJob(Layer2Chunks, StitchChunks):
+class MeshJob(Layer2Chunks, StitchChunks, LodChunks):
     """A meshing run's plan and per-chunk task; the task bodies of each layer kind are mixins."""
 
     def __init__(self, config: MeshConfig, read_gate=None):
@@ -161,7 +162,13 @@ class MeshJob(Layer2Chunks, StitchChunks):
         key = self.shard_path(layer, coords)
         redo = "" if self.config.force else self.chunk_state(layer, coords)
         if redo is None:
-            return self._resumed(layer, coords, key, keep_shard)
+            out = self._resumed(layer, coords, key, keep_shard)
+            lod_redo = self.lod_state(layer, coords) if layer > 2 and self.config.lod_chain else None
+            if lod_redo is not None:  # stitched by an earlier run without its LOD shard
+                self._lod_after(out.stats, layer, coords, None)
+                out.stats.redone = lod_redo
+                out.stats.seconds = time.perf_counter() - t0
+            return out
         if layer > 2:
             out = self.stitch_chunk(layer, coords, shards=shards, keep_shard=keep_shard, split=split)
         else:
@@ -224,7 +231,7 @@ class MeshJob(Layer2Chunks, StitchChunks):
             return ChunkOutput(stats)
         data = self.bucket.read(key)
         stats.shard_reads, stats.shard_bytes = 1, len(data)
-        from raymesh.sharding import disassemble_shard
+        from raymesh.formats.sharding import disassemble_shard
 
         nodes = sorted(disassemble_shard(data, self.sharding(layer)))
         out = self._output(stats, data, nodes, keep_shard)

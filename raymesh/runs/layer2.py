@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from raymesh.runs.summary import ChunkOutput, ChunkStats
-from raymesh.sharding import synthesize_shard
+from raymesh.formats.sharding import synthesize_shard
 
 
 class Layer2Chunks:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from raymesh.mesh_layout import shard_key
+from raymesh.formats.mesh_layout import shard_key
 from raymesh.placement import stitch_work
 from raymesh.runs.summary import ChunkOutput, ChunkStats
 from raymesh.storage import RangeError
@@ -86,15 +86,17 @@ class StitchChunks:
                 return ChunkOutput(stats, split=pieces)
             order = list(pieces[0].descendants)
         else:
-            from raymesh.sharding import canonical_order
+            from raymesh.formats.sharding import canonical_order
 
             order = canonical_order(plan.descendants, self.sharding(layer))
         builder = self._shard_builder(layer)
         try:
             stats = self._stitch_nodes(builder, plan, order, reader, hits)
-            return self._write_shard(builder, stats, layer, coords, keep_shard)
+            out = self._write_shard(builder, stats, layer, coords, keep_shard)
         finally:
             builder.close()
+        self._lod_after(out.stats, layer, coords, plan)
+        return out
 
     def plan_parts(self, layer: int, coords, parts: int | None = None,
                    shards: dict[int, np.ndarray] | None = None) -> list[StitchPlan]:
@@ -125,14 +127,16 @@ class StitchChunks:
                 stats.failures += piece.stats.failures
                 stats.unstitched += piece.stats.unstitched
             stats.parts = len(parts)
-            return self._write_shard(builder, stats, layer, coords, keep_shard)
+            out = self._write_shard(builder, stats, layer, coords, keep_shard)
         finally:
             builder.close()
+        self._lod_after(out.stats, layer, coords, None)
+        return out
 
     def _shard_builder(self, layer: int):
         """Finished fragments are spooled out as they come: the shard is ~8x bigger each layer,
         so keeping it in memory would make a task grow with the layer, as PCG's does."""
-        from raymesh.sharding import ShardBuilder
+        from raymesh.formats.sharding import ShardBuilder
 
         budget = self.config.memory_budget
         return ShardBuilder(self.sharding(layer), spool_bytes=max(1, min(budget // 4, SPOOL_BYTES)))
@@ -156,7 +160,7 @@ class StitchChunks:
         """Parts from the minishard indices alone: nodes over the node limit cost nothing (they
         are not stitched), the others their children's fragment bytes."""
         from raymesh.placement import stitch_parts
-        from raymesh.sharding import canonical_order
+        from raymesh.formats.sharding import canonical_order
         from raymesh.stitch import node_cost, split_plan
 
         limit = self.node_limit

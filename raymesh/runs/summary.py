@@ -25,6 +25,10 @@ class ChunkStats:
     unstitched: list[int] = field(default_factory=list)  # nodes left to their children's meshes
     parts: int = 1  # tasks the chunk's nodes were split over (stitching, past the memory budget)
     redone: str = ""  # why a chunk a previous run wrote was done again (it failed, its shard is unsound)
+    lod_fragments: int = 0  # LOD-chain meshes written (layers 3 and up)
+    lod_bytes: int = 0  # size of the chunk's LOD shard
+    lod_faces: int = 0  # triangles in them
+    lod_seconds: float = 0.0
 
 
 @dataclass
@@ -44,6 +48,10 @@ class LayerSummary:
     unstitched: int = 0  # nodes over the node limit (or above one), left to their children's meshes
     chunks_split: int = 0  # chunks whose nodes were split over several tasks
     redone: list[str] = field(default_factory=list)  # chunks of earlier runs done again, and why
+    lod_fragments: int = 0
+    lod_bytes: int = 0
+    lod_faces: int = 0
+    lod_seconds: float = 0.0
 
     def add(self, s: ChunkStats) -> None:
         self.chunks += 1
@@ -60,6 +68,10 @@ class LayerSummary:
         self.missing += s.missing
         self.unstitched += len(s.unstitched)
         self.chunks_split += int(s.parts > 1)
+        self.lod_fragments += s.lod_fragments
+        self.lod_bytes += s.lod_bytes
+        self.lod_faces += s.lod_faces
+        self.lod_seconds += s.lod_seconds
 
 
 @dataclass

@@ -130,7 +130,7 @@ class GrapheneAPI:
     def info(self, data_dir: str) -> dict[str, Any]:
         """PCG's ``handle_info``: the segmentation info plus ``graph``, ``app``, ``data_dir`` (here
         the URL this server serves the segmentation at) and the mesh settings."""
-        from raymesh.mesh_layout import graphene_info
+        from raymesh.formats.mesh_layout import graphene_info
 
         info = graphene_info(self.meta, self.meshes.mesh_dir)
         info["data_dir"] = data_dir

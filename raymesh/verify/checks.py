@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from raymesh.draco import DracoError, decode
+from raymesh.formats.draco import DracoError, decode
 from raymesh.errors import MeshingError
-from raymesh.mesh_layout import mesh_metadata
-from raymesh.sharding import ShardError, check_shard, disassemble_shard
+from raymesh.formats.mesh_layout import mesh_metadata
+from raymesh.formats.sharding import ShardError, check_shard, disassemble_shard
 from raymesh.verify.geometry import edge_use, merged, surface_labels, unmerged_seam_vertices
 
 KINDS = {

@@ -7,7 +7,7 @@ from raymesh.builder import build_graph
 from raymesh.config import MeshConfig
 from raymesh.driver import run
 from raymesh.runs.job import MeshJob
-from raymesh.mesh_layout import shard_key
+from raymesh.formats.mesh_layout import shard_key
 from raymesh.volume import read_block
 from stitch_checks import assert_stitched_like_layer2, closed_interior_objects
 from support import SYNTH_CHUNK, SYNTH_RES

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from raymesh.draco import DracoError, DracoSettings, MeshGrid, calc_quantization, decode, encode, snap
+from raymesh.formats.draco import DracoError, DracoSettings, MeshGrid, calc_quantization, decode, encode, snap
 from raymesh.ids import ChunkLayout
 
 LAYOUT = ChunkLayout.from_voxels([192424, 131051, 13008], [256, 256, 512])

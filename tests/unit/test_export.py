@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from raymesh.draco import decode
+from raymesh.formats.draco import decode
 from raymesh.export import FORMATS, ViewerMeshes, export_roots
 from raymesh.verify.geometry import merged
 from support import meshed_with_a_merge

@@ -141,6 +141,8 @@ PAIRS = [
     (["--chunks-per-task", "2", "--highmem-layer", "5", "--placement-timeout", "9"],
      "chunks_per_task: 2\nhighmem_layer: 5\nplacement_timeout: 9"),
     (["--force"], "force: true"),
+    (["--no-lod-chain", "--lod-error", "12"], "lod_chain: false\nlod_error: 12"),
+    (["--lod-chain"], "lod_chain: true"),
 ]
 
 

@@ -12,7 +12,7 @@ import pytest
 from raymesh.builder import build_graph
 from raymesh.cli import main
 from raymesh.graph import open_store
-from raymesh.mesh_layout import graphene_info
+from raymesh.formats.mesh_layout import graphene_info
 
 CHUNK = (16, 16, 8)
 RES = (16.0, 16.0, 40.0)

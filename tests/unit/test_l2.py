@@ -9,7 +9,7 @@ import pytest
 from l2_checks import assert_matches_direct_zmesh, assert_seams_coincide, assert_within_chunk, chunk_fragments
 from raymesh.builder import build_graph
 from raymesh.config import MeshConfig, load_config
-from raymesh.draco import DracoSettings
+from raymesh.formats.draco import DracoSettings
 from raymesh.driver import run
 from raymesh.errors import ConfigError
 from raymesh.graph import open_store

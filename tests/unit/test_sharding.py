@@ -5,7 +5,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from raymesh.sharding import (ShardError, ShardingSpec, bytes_reader, compute_shard_params_for_hashed,
+from raymesh.formats.sharding import (ShardError, ShardingSpec, bytes_reader, compute_shard_params_for_hashed,
                               disassemble_shard, locate, read_value, synthesize_shard)
 
 VECTOR = {1: b"one", 2: b"two", 3: b"three", 100: b"hundred"}

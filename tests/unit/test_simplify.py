@@ -9,7 +9,7 @@ import zmesh
 from scipy import ndimage
 
 from raymesh.config import MeshConfig, load_config
-from raymesh.draco import DracoSettings, encode
+from raymesh.formats.draco import DracoSettings, encode
 from raymesh.errors import ConfigError
 from raymesh.l2 import cap_meshes, mesh_block, simplified_meshes
 from raymesh.simplify import on_block_planes, simplify, simplify_meshopt

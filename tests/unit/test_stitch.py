@@ -11,8 +11,8 @@ from raymesh.driver import run
 from raymesh.errors import MeshingError
 from raymesh.runs.job import MeshJob
 from raymesh.manifest import manifest_nodes
-from raymesh.mesh_layout import shard_key
-from raymesh.sharding import ShardBuilder, ShardingSpec, canonical_order, synthesize_shard
+from raymesh.formats.mesh_layout import shard_key
+from raymesh.formats.sharding import ShardBuilder, ShardingSpec, canonical_order, synthesize_shard
 from raymesh.stitch import merge_across_boundaries, plan_chunk
 from raymesh.volume import read_block
 from stitch_checks import (assert_stitched_like_layer2, edge_use, interior_roots, layer_view, merged, on_l2_seams,

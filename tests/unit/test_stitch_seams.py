@@ -9,7 +9,7 @@ import pytest
 
 from raymesh.builder import build_graph
 from raymesh.config import MeshConfig
-from raymesh.draco import MeshGrid, decode, encode
+from raymesh.formats.draco import MeshGrid, decode, encode
 from raymesh.driver import run
 from raymesh.ids import ChunkLayout
 from raymesh.runs.job import MeshJob

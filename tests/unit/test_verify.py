@@ -14,7 +14,7 @@ import pytest
 from raymesh.cli import main as cli
 from raymesh.config import MeshConfig
 from raymesh.runs.job import MeshJob
-from raymesh.sharding import locate
+from raymesh.formats.sharding import locate
 from raymesh.storage import local_path
 from raymesh.verify.checks import seam_cracks
 from support import file_tree, meshed_with_a_merge
@@ -79,14 +79,14 @@ def _truncate_shard(mesh):
 
 
 def _corrupt_fragment(mesh):
-    from raymesh.mesh_layout import default_sharding
+    from raymesh.formats.mesh_layout import default_sharding
 
     path = _largest_shard(mesh, 2)
     data = open(path, "rb").read()
     spec = default_sharding(2)
     entries = np.frombuffer(data[:spec.index_bytes], dtype="<u8").reshape(-1, 2)
     m = int(np.flatnonzero(entries[:, 1] > entries[:, 0])[0])
-    from raymesh.sharding import _parse_minishard
+    from raymesh.formats.sharding import _parse_minishard
 
     table = _parse_minishard(data[spec.index_bytes + int(entries[m, 0]):spec.index_bytes + int(entries[m, 1])], spec)
     key, start, size = (int(v) for v in table[0])

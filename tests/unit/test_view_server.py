@@ -14,7 +14,7 @@ import os
 import numpy as np
 import pytest
 
-from raymesh.draco import decode
+from raymesh.formats.draco import decode
 from raymesh.graph import open_store
 from raymesh.serve import ViewServer
 from support import meshed_with_a_merge

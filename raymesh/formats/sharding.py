@@ -123,10 +123,16 @@ class ShardBuilder:
         self._keys: list[int] = []
         self._minishards: list[int] = []
         self._sizes: list[int] = []
+        self._skips: list[int] = []
         self._shard: int | None = None
 
-    def add(self, key: int, value: bytes) -> None:
+    def add(self, key: int, value: bytes, skip: int = 0) -> None:
+        """Append ``key``'s value. ``skip``: bytes at the value's start that its index entry leaves
+        out (Neuroglancer's multi-LOD meshes: fragment data, then the manifest the index points at);
+        they need raw data encoding."""
         key = int(key)
+        if skip and self.spec.data_encoding != "raw":
+            raise ShardError("a value whose index skips bytes needs data_encoding raw")
         as_array = np.array([key], dtype=np.uint64)
         shard = int(self.spec.shard_of(as_array)[0])
         if self._shard is None:
@@ -141,6 +147,7 @@ class ShardBuilder:
         self._keys.append(key)
         self._minishards.append(minishard)
         self._sizes.append(len(encoded))
+        self._skips.append(int(skip))
 
     @property
     def keys(self) -> list[int]:
@@ -160,6 +167,7 @@ class ShardBuilder:
         keys = np.array(self._keys, dtype=np.uint64)
         sizes = np.array(self._sizes, dtype=np.uint64)
         minis = np.array(self._minishards, dtype=np.uint64)
+        skips = np.array(self._skips, dtype=np.uint64)
         shard_index = np.zeros((1 << spec.minishard_bits, 2), dtype="<u8")
         blobs = []
         data_offset, index_offset = 0, self.data_bytes
@@ -167,8 +175,9 @@ class ShardBuilder:
             sel = minis == m
             table = np.zeros((3, int(sel.sum())), dtype="<u8")
             table[0] = np.diff(keys[sel], prepend=np.uint64(0))
-            table[1, 0] = data_offset
-            table[2] = sizes[sel]
+            table[1] = skips[sel]  # delta after the previous value's end: 0 when values are contiguous
+            table[1, 0] += data_offset
+            table[2] = sizes[sel] - skips[sel]
             data_offset += int(sizes[sel].sum())
             raw = table.tobytes()
             blob = _gzip(raw) if spec.minishard_index_encoding == "gzip" else raw

@@ -4,6 +4,11 @@
     <segmentation>/<mesh dir>/initial/<layer>/<chunk position>-0.shard
     <segmentation>/<mesh dir>/dynamic/<node>:0:<bbox>
 
+The LOD chain (``raymesh.lod``), sharded like ``initial/`` (same keys, same specs), where no
+reader of PCG's format looks either:
+
+    <segmentation>/<mesh dir>/lod/<layer>/<chunk position>-0.shard   layers 3 and up
+
 raymesh's own bookkeeping sits beside them, where no reader of PCG's format looks:
 
     <segmentation>/<mesh dir>/raymesh_run.json                  what the mesh dir holds (run.py)
@@ -17,9 +22,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from raymesh.sharding import ShardingSpec
+from raymesh.formats.sharding import ShardingSpec
 
 INITIAL = "initial"
+LOD = "lod"
 DYNAMIC = "dynamic"
 FAILED = "raymesh_failed"
 RUN_RECORD = "raymesh_run.json"
@@ -38,6 +44,11 @@ def default_sharding(layer: int) -> ShardingSpec:
 def shard_key(layout, layer: int, chunk_id: int) -> str:
     """Path of a chunk's shard below the mesh directory."""
     return f"{INITIAL}/{int(layer)}/{int(layout.chunk_position_number(chunk_id))}-0.shard"
+
+
+def lod_key(layout, layer: int, chunk_id: int) -> str:
+    """Path of a chunk's LOD-chain shard (its nodes' simplified meshes) below the mesh directory."""
+    return f"{LOD}/{int(layer)}/{int(layout.chunk_position_number(chunk_id))}-0.shard"
 
 
 def failed_key(layout, layer: int, chunk_id: int) -> str:
