@@ -86,8 +86,10 @@ class FragmentReader:
     """
 
     def __init__(self, layout: ChunkLayout, sharding: Callable[[int], ShardingSpec],
-                 open_shard: Callable[[int, int], Callable[[int, int], bytes | None]]):
+                 open_shard: Callable[[int, int], Callable[[int, int], bytes | None]],
+                 key_of: Callable[[ChunkLayout, int, int], str] = shard_key):
         self.layout = layout
+        self.key_of = key_of  # the shard's path, for messages
         self.sharding = sharding
         self._open_shard = open_shard
         self._readers: dict[int, Callable] = {}
@@ -133,7 +135,7 @@ class FragmentReader:
                 raise MeshingError(f"the shard of {self._where(chunk)} is corrupt ({exc}); "
                                    f"rerun layer {layer} for that chunk with --force") from exc
             if table is None:
-                raise MeshingError(f"{self._where(chunk)} has no shard file ({shard_key(self.layout, layer, chunk)}): "
+                raise MeshingError(f"{self._where(chunk)} has no shard file ({self.key_of(self.layout, layer, chunk)}): "
                                    f"run layer {layer} before the layers above it")
             self._tables[key] = table
         table = self._tables[key]

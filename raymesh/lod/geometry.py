@@ -44,6 +44,16 @@ def lod_step(base_error: float, layer: int, growth: float = 2.0) -> float:
     return lod_budget(base_error, layer, growth) - below
 
 
+def edge_counts(faces: np.ndarray) -> tuple[int, int]:
+    """``(open, non-manifold)`` edges: used by one face, by more than two."""
+    from raymesh.verify.geometry import edge_use
+
+    if not len(faces):
+        return 0, 0
+    use = edge_use(np.asarray(faces))
+    return int((use == 1).sum()), int((use > 2).sum())
+
+
 def open_edge_vertices(n_vertices: int, faces: np.ndarray) -> np.ndarray:
     """Vertices on an edge that one face uses: where a piece's surface stops on its chunk's faces."""
     from raymesh.verify.geometry import edge_use
@@ -90,8 +100,41 @@ def simplify_node(grid: MeshGrid, chunk_id: int, pieces: list[tuple[int, np.ndar
     vertices, faces = merge_across_boundaries(parts, planes)
     merged_lock = np.ones(len(vertices), dtype=bool)
     merged_lock[:len(off_lock)] = off_lock
-    vertices, faces = collapse_locked(vertices, faces, merged_lock, error)
+    vertices, faces = bounded_collapse(vertices, faces, merged_lock, error)
     return LodMesh(vertices, faces, input_faces), settings
+
+
+def bounded_collapse(vertices: np.ndarray, faces: np.ndarray, lock: np.ndarray, error: float,
+                     attempts: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """``collapse_locked`` whose result is checked against ``error`` both ways, and redone with
+    half the target until it holds (after ``attempts``: the input, unsimplified).
+
+    The check is needed: meshoptimizer's error is a quadric estimate, an area-weighted mean of
+    squared distances to the input's planes, so a thin tube can shrink along its axis (the side
+    walls' planes do not see it) far past the target; on the synthetic tubes, 250 nm at a 40 nm
+    target; and it can fold a thin part onto itself (an edge of four faces). Refused: more open or
+    non-manifold edges than the input had. Measured: every input vertex to the output surface (what the output leaves out) and
+    every output face's centre to the input surface (how far it strays)."""
+    from raymesh.geometry.distance import mesh_distance
+
+    faces = np.asarray(faces)
+    target = float(error)
+    before = edge_counts(faces)
+    for _ in range(attempts):
+        out_v, out_f = collapse_locked(vertices, faces, lock, target)
+        if len(out_f) == len(faces):
+            return out_v, out_f
+        open_edges, nonmanifold = edge_counts(out_f)
+        if open_edges > before[0] or nonmanifold > before[1]:  # a fold or a tear: closed objects must stay closed
+            target /= 2
+            continue
+        f64 = out_f.astype(np.int64)
+        left_out = mesh_distance(np.asarray(vertices, np.float64), out_v, f64, refine_above=error)
+        strays = mesh_distance(out_v[f64].mean(axis=1), vertices, faces.astype(np.int64), refine_above=error)
+        if left_out.max(initial=0) <= error and strays.max(initial=0) <= error:
+            return out_v, out_f
+        target /= 2
+    return vertices, faces
 
 
 def lod_node(grid: MeshGrid, chunk_id: int, fragments: list[tuple[int, bytes]], error: float

@@ -61,11 +61,14 @@ class LodChunks:
 
         layout = self.meta.layout
 
+        def key_of(layout, layer: int, chunk: int) -> str:
+            return shard_key(layout, layer, chunk) if layer == 2 else lod_key(layout, layer, chunk)
+
         def open_shard(layer: int, chunk: int):
-            key = shard_key(layout, layer, chunk) if layer == 2 else lod_key(layout, layer, chunk)
+            key = key_of(layout, layer, chunk)
             return lambda start, stop: self.bucket.read_range(key, start, stop)
 
-        return FragmentReader(layout, self.sharding, open_shard)
+        return FragmentReader(layout, self.sharding, open_shard, key_of)
 
     def lod_chunk(self, layer: int, coords, plan: "StitchPlan | None" = None, stats: "ChunkStats | None" = None
                   ) -> "ChunkStats":

@@ -32,11 +32,11 @@ class ViewServer:
 
     def __init__(self, graph: str, *, port: int = 0, bind: str = "127.0.0.1", mesh_dir: str | None = None,
                  roots: Iterable[int] | None = None, top: int = 4, allow_origins: Iterable[str] = (),
-                 log_requests: bool = False):
+                 log_requests: bool = False, precomputed: str | None = None):
         if not 0 <= int(port) < 65536:
             raise ConfigError(f"--port {port}: a TCP port is 0 (any free port) .. 65535")
         self.view = ViewApp(graph, mesh_dir=mesh_dir, roots=roots, top=top, bind=bind,
-                            allow_origins=allow_origins, log_requests=log_requests)
+                            allow_origins=allow_origins, log_requests=log_requests, precomputed=precomputed)
         self.bind = bind
         self.port = int(port)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -75,7 +75,7 @@ class ViewServer:
                 access.setLevel(logging.INFO)
                 access.propagate = False
         self._runner = web.AppRunner(self.view.make_app(), access_log=access, shutdown_timeout=2.0,
-                                     access_log_format='%r %s %b %Tf')
+                                     access_log_format='%r %s %b %Tf %{Range}i')
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.bind, self.port, reuse_address=True)
         try:
@@ -130,14 +130,14 @@ class ViewServer:
 
 def serve(graph: str, *, port: int = 0, bind: str = "127.0.0.1", mesh_dir: str | None = None,
           roots: Iterable[int] | None = None, top: int = 4, allow_origins: Iterable[str] = (),
-          log_requests: bool = False, open_browser: bool = False, out=None) -> int:
+          log_requests: bool = False, open_browser: bool = False, out=None, precomputed: str | None = None) -> int:
     """Run the server in the foreground until Ctrl-C; prints the viewer URL first."""
     out = out or sys.stdout
     warning = bind_warning(bind)
     if warning:
         print(warning, file=sys.stderr, flush=True)
     server = ViewServer(graph, port=port, bind=bind, mesh_dir=mesh_dir, roots=roots, top=top,
-                        allow_origins=allow_origins, log_requests=log_requests)
+                        allow_origins=allow_origins, log_requests=log_requests, precomputed=precomputed)
     server.start()
     import signal
 

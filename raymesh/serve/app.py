@@ -13,6 +13,9 @@ Routes (``docs/viewing.md`` lists where Neuroglancer and PCG define each):
     POST /segmentation/api/v1/table/<t>/is_latest_roots      whether roots are current
     GET  /data/ws/<path>                                     the segmentation folder (chunks, mesh shards
                                                              with byte ranges, dynamic/ fragments)
+    GET  /data/precomputed/<path>                            with --precomputed DIR: that export (info,
+                                                             multi-resolution meshes), the segmentation's
+                                                             chunks for what it does not hold
 
 Everything is read-only: PCG's edit routes answer 403, other methods 405, unknown paths 404.
 """
@@ -35,6 +38,7 @@ from raymesh.serve.graphene import ApiError, GrapheneAPI, parse_node
 from raymesh.serve.state import TOKEN, client_dir, state_url, viewer_state
 
 DATA_PREFIX = "/data/ws"
+PRECOMPUTED_PREFIX = "/data/precomputed"
 # PCG routes that change the graph or the meshes: refused by name, so a Neuroglancer user who
 # tries to merge or split sees why.
 EDIT_ROUTES = ("merge", "merge_admin", "split", "undo", "redo", "rollback_user")
@@ -83,12 +87,28 @@ def safe_file(root: str, rel: str) -> str | None:
     return path
 
 
+def _precomputed_folder(path: str) -> str:
+    """An export folder ``raymesh export --format precomputed`` wrote: info naming a multi-LOD mesh dir."""
+    root = os.path.realpath(path)
+    try:
+        with open(os.path.join(root, "info")) as f:
+            mesh = json.load(f).get("mesh")
+        with open(os.path.join(root, str(mesh), "info")) as f:
+            kind = json.load(f).get("@type")
+    except (OSError, ValueError, TypeError) as exc:
+        raise ConfigError(f"--precomputed {path}: not a folder `raymesh export --format precomputed` wrote "
+                          f"({exc}); export one first") from None
+    if kind != "neuroglancer_multilod_draco":
+        raise ConfigError(f"--precomputed {path}: its mesh dir holds {kind!r} meshes, not neuroglancer_multilod_draco")
+    return root
+
+
 class ViewApp:
     """The handlers, over one graph (``GrapheneAPI``) and its local segmentation folder."""
 
     def __init__(self, graph: str, *, mesh_dir: str | None = None, roots: Iterable[int] | None = None,
                  top: int = 4, bind: str = "127.0.0.1", allow_origins: Iterable[str] = (),
-                 log_requests: bool = False):
+                 log_requests: bool = False, precomputed: str | None = None):
         from raymesh.storage import local_path
 
         self.api = GrapheneAPI(graph, mesh_dir)
@@ -111,6 +131,8 @@ class ViewApp:
         for r in self.roots or []:
             if not self.api.meshes.exists(r):
                 raise ConfigError(f"--roots {r}: no such node in graph {self.api.table}")
+        # An export of `raymesh export --format precomputed` shown instead of the graphene source.
+        self.precomputed_root = _precomputed_folder(precomputed) if precomputed else None
         self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="raymesh-view")
         self.closing: asyncio.Event | None = None
 
@@ -185,6 +207,8 @@ class ViewApp:
 
     # ---- the viewer -----------------------------------------------------------------------------
     def source_url(self, base: str) -> str:
+        if self.precomputed_root:
+            return f"precomputed://{base}{PRECOMPUTED_PREFIX}"
         return f"graphene://{base}/segmentation/table/{self.api.table}"
 
     def default_roots(self) -> list[int]:
@@ -311,6 +335,22 @@ class ViewApp:
         # .gz/.br sibling with its Content-Encoding when the plain file is absent.
         return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
 
+    async def precomputed(self, request: web.Request):
+        """The export folder; files it does not hold (the voxel chunks of its scales) come from the
+        segmentation, so the 2D panels show the same data as the graphene view."""
+        if self.precomputed_root is None:
+            raise ApiError(404, "no precomputed export is served (raymesh view --precomputed DIR)")
+        rel = request.match_info["path"]
+        for root in (self.precomputed_root, self.data_root):
+            if root is None:
+                continue
+            path = safe_file(root, rel)
+            if path is None:
+                raise ApiError(403, f"{request.path}: not a path inside the served folders")
+            if await self.run(os.path.isfile, path):
+                return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
+        raise ApiError(404, f"no file {request.path}")
+
     # ---- the application ------------------------------------------------------------------------
     def make_app(self) -> web.Application:
         app = web.Application(middlewares=[self.middleware], client_max_size=2**20)
@@ -335,6 +375,7 @@ class ViewApp:
         r.add_route("*", "/meshing/api/v1/table/{table}/{op:remeshing}", self.read_only)
         r.add_route("*", "/meshing/api/v1/table/{table}/{op:clear_manifest_cache}/{node}", self.read_only)
         r.add_get(DATA_PREFIX + "/{path:.+}", self.data)
+        r.add_get(PRECOMPUTED_PREFIX + "/{path:.+}", self.precomputed)
 
         async def on_startup(app):
             self.closing = asyncio.Event()

@@ -61,7 +61,7 @@ def test_meshopt_keeps_small_pieces_zmesh_keeps():
     labels[3, 3, 3] = 1  # a speck
     labels[10, 5:16, 5] = 1  # a needle, same label
     labels[6:14, 6:14, 7:10] = 2
-    from benchmarks.simplifier import mesh_distance
+    from raymesh.geometry.distance import mesh_distance
 
     mc = {label: (v, f) for label, v, f in simplified_meshes(labels, RES, reduction_factor=0)}
     out = {label: (v, f) for label, v, f in simplified_meshes(labels, RES, simplifier="meshopt")}

@@ -1,0 +1,1 @@
+"""Geometry shared by quality checks: distances between surfaces (``distance``)."""

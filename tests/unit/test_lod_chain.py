@@ -1,0 +1,248 @@
+"""The LOD chain on the synthetic graph, serially: what it writes beside ``initial/``, the rules its
+meshes keep (borders, child grid, error budget, closed objects), reruns, and the
+``neuroglancer_multilod_draco`` export read back by a reader written from the format description
+and by CloudVolume's multi-LOD reader, sharded and unsharded."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from raymesh.config import MeshConfig
+from raymesh.driver import run
+from raymesh.export import ViewerMeshes, export_roots
+from raymesh.export.multilod import MultilodBuilder
+from raymesh.formats import multilod
+from raymesh.formats.draco import decode
+from raymesh.formats.mesh_layout import lod_key
+from raymesh.formats.sharding import ShardingSpec, locate
+from raymesh.geometry.distance import surface_deviation
+from raymesh.lod.geometry import crossing_faces, lod_budget, open_edge_vertices
+from raymesh.runs.job import MeshJob
+from raymesh.stitch import plan_chunk, seam_planes
+from raymesh.storage import local_path
+from raymesh.verify.geometry import edge_use, merged
+from raymesh.volume import read_block
+from stitch_checks import interior_roots
+from support import SYNTH_CHUNK, SYNTH_RES, file_tree
+
+TS = 2e9
+
+
+@pytest.fixture(scope="module")
+def meshed(synthetic, tmp_path_factory):
+    """The synthetic graph meshed through its top layer three times: LOD chain on (the default),
+    off, and on again into a third mesh dir."""
+    from raymesh.builder import build_graph
+
+    labels, agg = synthetic
+    g = build_graph(labels, str(tmp_path_factory.mktemp("lod")), resolution=SYNTH_RES, chunk_size=SYNTH_CHUNK,
+                    agglomeration=agg)
+    jobs = {}
+    for name, on in (("lod", True), ("plain", False), ("again", True)):
+        config = MeshConfig(graph=g.store_url, layers=[2, 3, 4], mip=0, executor="serial", time_stamp=TS,
+                            mesh_dir=name, lod_chain=on, graph_meta="write" if name == "lod" else "skip")
+        summary = run(config, progress=False)
+        assert not summary.failed
+        jobs[name] = (MeshJob(config), summary)
+    return g.store_url, jobs
+
+
+def mesh_folder(job) -> str:
+    return local_path(job.mesh_url)
+
+
+def test_initial_is_unchanged_and_lod_shards_are_deterministic(meshed):
+    _, jobs = meshed
+    lod, plain, again = (mesh_folder(jobs[n][0]) for n in ("lod", "plain", "again"))
+    assert file_tree(os.path.join(lod, "initial")) == file_tree(os.path.join(plain, "initial"))
+    assert not os.path.exists(os.path.join(plain, "lod"))
+    tree = file_tree(os.path.join(lod, "lod"))
+    assert sorted({k.split(os.sep)[0] for k in tree}) == ["3", "4"]
+    assert tree == file_tree(os.path.join(again, "lod"))
+    summary = jobs["lod"][1]
+    assert [s.lod_fragments > 0 for s in summary.layers] == [False, True, True]
+
+
+def _plans(job, layer):
+    layout = job.meta.layout
+    for coords in layout.iter_chunk_coords(layer):
+        chunk = int(layout.chunk_id(layer, *coords))
+        yield chunk, plan_chunk(job.store, layer, chunk, job.time_stamp)
+
+
+def test_every_node_has_a_lod_mesh_that_keeps_borders_and_the_child_grid(meshed):
+    _, jobs = meshed
+    job = jobs["lod"][0]
+    reader = job.lod_reader()
+    checked = 0
+    for layer in (3, 4):
+        for chunk, plan in _plans(job, layer):
+            planes = seam_planes(job.grid, chunk)
+            for node, descendants in plan.descendants.items():
+                data = reader.read(node)
+                assert data is not None, f"layer {layer} node {node} has no LOD mesh"
+                out = decode(data)
+                assert not crossing_faces(out.vertices, out.faces, planes).any(), f"{node} crosses its child grid"
+                kept = {tuple(v) for v in np.round(out.vertices, 6).tolist()}
+                for desc in descendants:
+                    piece = reader.read(desc)
+                    if piece is None:
+                        continue
+                    frag = decode(piece)
+                    border = frag.vertices[open_edge_vertices(len(frag.vertices), frag.faces)]
+                    missing = [v for v in np.round(border, 6).tolist() if tuple(v) not in kept]
+                    assert not missing, f"{node}: border vertices of {desc} were simplified away: {missing[:3]}"
+                checked += 1
+    assert checked >= 10
+
+
+def test_each_lod_is_within_its_budget_and_interior_objects_stay_closed(meshed):
+    graph, jobs = meshed
+    job = jobs["lod"][0]
+    meshes = ViewerMeshes(graph, "lod")
+    builder = MultilodBuilder(meshes)
+    meta = job.meta
+    sv = read_block(meta.segmentation_path, 0, np.zeros(3, int), np.asarray(meta.size_at(0)))
+    inside = interior_roots(job.store, sv)
+    roots = sorted(set(np.asarray(job.store.get_roots(np.unique(sv[sv > 0]))).tolist()))
+    closed = {2: 0, 3: 0, 4: 0}
+    faces_per_lod = {2: 0, 3: 0, 4: 0}
+    for root in roots:
+        lods = builder.fragments(root)
+        assert len(lods) == 3
+        whole = []
+        for lod, frags in enumerate(lods):
+            class F:  # merged() takes objects with vertices and faces
+                def __init__(self, f):
+                    self.vertices, self.faces = f.vertices, f.faces
+            vertices, faces = merged([F(f) for f in frags])
+            whole.append((vertices, faces))
+            faces_per_lod[lod + 2] += len(faces)
+            if root in inside:
+                closed[lod + 2] += int((edge_use(faces) == 2).all())
+        for lod in (1, 2):
+            dev = surface_deviation(whole[lod], whole[0], samples=4000, seed=lod)
+            budget = lod_budget(job.config.max_error, lod + 2)
+            assert dev["a_to_b_max"] <= budget and dev["b_to_a_max"] <= budget, (root, lod, dev, budget)
+    assert inside and closed[3] == closed[2] and closed[4] == closed[2], (closed, len(inside))
+    assert faces_per_lod[3] < faces_per_lod[2] and faces_per_lod[4] < faces_per_lod[3], faces_per_lod
+
+
+def test_a_rerun_redoes_a_missing_lod_shard_and_a_gap_below_fails(meshed, tmp_path):
+    graph, jobs = meshed
+    job = jobs["again"][0]
+    folder = mesh_folder(job)
+    layout = job.meta.layout
+    key = lod_key(layout, 3, int(layout.chunk_id(3, 0, 0, 0)))
+    before = open(os.path.join(folder, key), "rb").read()
+    os.remove(os.path.join(folder, key))
+    summary = run(job.config, progress=False)
+    assert not summary.failed
+    assert any("LOD shard is not written yet" in why for s in summary.layers for why in s.redone)
+    assert open(os.path.join(folder, key), "rb").read() == before
+
+    shutil.copytree(folder, tmp_path / "copy")
+    os.remove(os.path.join(folder, key))
+    summary = run(job.config.model_copy(update={"layers": [4], "force": True}), progress=False)
+    assert summary.failed
+    assert any(f"no shard file ({key})" in f for s in summary.layers for f in s.failures), summary.layers[-1].failures
+    summary = run(job.config.model_copy(update={"force": False}), progress=False)  # a plain rerun mends it
+    assert not summary.failed
+    assert file_tree(os.path.join(folder, "lod")) == file_tree(tmp_path / "copy" / "lod")
+
+
+def _read_segment(mesh_dir: str, root: int, info: dict) -> tuple[multilod.Manifest, bytes]:
+    """A segment as the format describes it: ``<id>.index`` + ``<id>``, or the shard's value for
+    the id, whose index entry points at the manifest with the fragment data right before it."""
+    if "sharding" not in info:
+        with open(os.path.join(mesh_dir, f"{root}.index"), "rb") as f:
+            manifest = multilod.Manifest.from_bytes(f.read())
+        with open(os.path.join(mesh_dir, str(root)), "rb") as f:
+            return manifest, f.read()
+    spec = ShardingSpec.from_json(info["sharding"])
+    shard = int(spec.shard_of(np.array([root], dtype=np.uint64))[0])
+    with open(os.path.join(mesh_dir, multilod.shard_file_name(shard, spec.shard_bits)), "rb") as f:
+        data = f.read()
+    start, size = locate(lambda a, b: data[a:b], root, spec)
+    manifest = multilod.Manifest.from_bytes(data[start:start + size])
+    return manifest, data[start - manifest.data_bytes:start]
+
+
+@pytest.mark.parametrize("sharded", [False, True], ids=["unsharded", "sharded"])
+def test_precomputed_export_reads_back_with_the_format_and_cloudvolume(meshed, tmp_path, sharded):
+    import json
+
+    from cloudvolume import CloudVolume
+
+    graph, jobs = meshed
+    job = jobs["lod"][0]
+    out = tmp_path / "export"
+    done = export_roots(graph, None, "precomputed", str(out), mesh_dir="lod", sharded=sharded)
+    roots = [d.root for d in done]
+    assert len(roots) == 6
+    info = json.loads((out / "mesh" / "info").read_text())
+    assert info["@type"] == "neuroglancer_multilod_draco" and ("sharding" in info) == sharded
+    assert json.loads((out / "info").read_text())["mesh"] == "mesh"
+    grid = job.grid
+    res = np.asarray(grid.resolution)
+    chunk_shape = grid.block_shape(2) * res
+    origin = np.asarray(grid.voxel_offset) * res
+    cv = CloudVolume(f"file://{out}", progress=False)
+    for root in roots:
+        manifest, data = _read_segment(str(out / "mesh"), root, info)
+        assert manifest.problems() == []
+        assert manifest.num_lods == 3 and len(data) == manifest.data_bytes
+        assert np.allclose(manifest.chunk_shape, chunk_shape) and np.allclose(manifest.grid_origin, origin)
+        for lod, ranges in enumerate(manifest.fragment_ranges()):
+            bounds = np.asarray(job.meta.layout.layer_chunk_bounds(lod + 2))
+            assert (manifest.positions[lod] < bounds).all(), "a cell outside its layer's chunks"
+            faces_here = 0
+            for (a, b), pos in zip(ranges, manifest.positions[lod]):
+                q, faces = multilod.decode_fragment(data[a:b])
+                faces_here += len(faces)
+                assert q.max(initial=0) <= 2**16 - 1
+                size = chunk_shape * 2**lod
+                v = multilod.dequantize(q, origin + pos * size, size, 16)
+                assert ((v >= origin + pos * size - 1e-6) & (v <= origin + (pos + 1) * size + 1e-6)).all()
+                if lod > 0:  # the child grid, as Neuroglancer's decoder partitions the fragment
+                    assert not multilod.crossing_child_grid(q, faces, 16).any(), (root, lod, pos.tolist())
+            mesh = cv.mesh.get(root, lod=lod)
+            mesh = mesh[root] if isinstance(mesh, dict) else mesh
+            assert len(mesh.faces) == faces_here, (root, lod)
+            if faces_here:
+                lo = origin + manifest.positions[lod].min(axis=0) * chunk_shape * 2**lod
+                hi = origin + (manifest.positions[lod].max(axis=0) + 1) * chunk_shape * 2**lod
+                assert (mesh.vertices >= lo - 1e-3).all() and (mesh.vertices <= hi + 1e-3).all()
+
+
+def test_manifest_rules_are_checked():
+    pos = np.array([[1, 0, 0], [0, 0, 0]], dtype=np.uint32)
+    m = multilod.Manifest(np.ones(3, np.float32), np.zeros(3, np.float32), np.array([1, 2], np.float32),
+                          np.zeros((2, 3), np.float32), [pos, np.array([[0, 0, 0]], np.uint32)],
+                          [np.array([3, 4], np.uint32), np.array([5], np.uint32)])
+    assert any("Z-curve" in p for p in m.problems())
+    m.positions[0] = pos[::-1].copy()
+    assert m.problems() == []
+    back = multilod.Manifest.from_bytes(m.to_bytes())
+    assert back.positions[0].tolist() == [[0, 0, 0], [1, 0, 0]] and back.sizes[1].tolist() == [5]
+    m.positions[1] = np.array([[1, 1, 1]], np.uint32)
+    assert any("no parent" in p for p in m.problems())
+    with pytest.raises(multilod.MultilodError):
+        multilod.Manifest.from_bytes(m.to_bytes() + b"\0")
+    # the spec's 2x2x2 example order
+    cube = np.array([[x, y, z] for z in (0, 1) for y in (0, 1) for x in (0, 1)])
+    assert multilod.zorder(cube[::-1]).tolist() == list(range(7, -1, -1))
+
+
+def test_fragments_keep_their_integer_vertices():
+    q = np.array([[0, 0, 0], [65535, 3, 7], [5, 600, 9], [70, 8, 900]], dtype=np.uint16)
+    faces = np.array([[0, 1, 2], [0, 2, 3], [1, 1, 2]], dtype=np.uint32)
+    data = multilod.encode_fragment(q, faces, 16)
+    back, back_faces = multilod.decode_fragment(data)
+    assert len(back_faces) == 2  # the degenerate one is left out
+    assert {tuple(v) for v in back[back_faces].reshape(-1, 3).tolist()} == {tuple(v) for v in q.tolist()}
+    assert multilod.encode_fragment(q, np.array([[1, 1, 2]]), 16) == b""
