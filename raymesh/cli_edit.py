@@ -149,6 +149,8 @@ def _report(summary, prefix: str = "") -> None:
             f"({summary.skipped} already there, {summary.missing} descendants without a mesh, "
             f"{summary.unstitched} nodes left to their children's meshes, "
             f"{len(summary.failures)} failures) in {summary.seconds:.2f} s")
+    if summary.lod_written:
+        out.say(f"{prefix}and {sum(summary.lod_written.values())} LOD-chain meshes into lod_dynamic/")
     out.error(*(f"  failed: {failure}" for failure in summary.failures))
 
 

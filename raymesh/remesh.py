@@ -12,6 +12,10 @@ overlap attribution and zmesh's simplification sequence are exactly a full chunk
 fragment closes against its untouched neighbours the way initial fragments do. Layers 3 to
 ``max_layer``: the new nodes' own ancestors are stitched (7.1 multi-child rule and descent), their
 children read from ``dynamic/`` first, then from the initial shards.
+
+Where the mesh dir has a LOD chain (the chunk's ``lod/`` shard exists), a new node of layer 3 and
+up also gets its LOD mesh, from its children's (new ones from ``dynamic/`` and ``lod_dynamic/``,
+others from ``initial/`` and ``lod/``), into ``lod_dynamic/<node>:0:<bbox>``: the export finds it there.
 """
 
 from __future__ import annotations
@@ -23,13 +27,14 @@ import numpy as np
 
 from raymesh.errors import ConfigError, MeshingError
 from raymesh.graph.base import GraphError, read_ms, to_datetime
-from raymesh.formats.mesh_layout import DYNAMIC, dynamic_name
+from raymesh.formats.mesh_layout import DYNAMIC, LOD_DYNAMIC, dynamic_name, lod_key
 
 
 @dataclass
 class RemeshSummary:
     nodes: dict[int, int] = field(default_factory=dict)  # layer -> new nodes considered
     written: dict[int, int] = field(default_factory=dict)  # layer -> fragments written
+    lod_written: dict[int, int] = field(default_factory=dict)  # layer -> LOD-chain meshes written
     skipped: int = 0  # fragments already in dynamic/ (a rerun)
     missing: int = 0  # layer-2 descendants without any fragment
     unstitched: int = 0  # nodes over the node limit (or above one): their children stand in
@@ -133,13 +138,22 @@ class Remesher:
         meta = self.job.meta
         return f"{DYNAMIC}/{dynamic_name(meta.layout, meta.chunk_size, node)}"
 
+    def lod_key(self, node: int) -> str:
+        """Where a new node's LOD-chain mesh goes (layer 2: its fragment is its LOD)."""
+        meta = self.job.meta
+        if meta.layout.get_chunk_layer(node) == 2:
+            return self.key(node)
+        return f"{LOD_DYNAMIC}/{dynamic_name(meta.layout, meta.chunk_size, node)}"
+
     def mesh_group(self, item: tuple[int, int, list[int]]) -> dict:
         """One chunk's new nodes: mesh (layer 2) or stitch (above), write each to dynamic/."""
         layer, chunk, nodes = item
         job = self.job
         todo = [n for n in nodes if self.force or not job.bucket.exists(self.key(n))]
         out = {"layer": layer, "written": 0, "skipped": len(nodes) - len(todo), "missing": 0, "unstitched": 0,
-               "failures": []}
+               "failures": [], "lod_written": 0}
+        if layer > 2 and job.bucket.exists(lod_key(job.meta.layout, layer, chunk)):
+            self._lod(layer, chunk, [n for n in nodes if self.force or not job.bucket.exists(self.lod_key(n))], out)
         if not todo:
             return out
         fragments = self._l2(chunk, todo) if layer == 2 else self._stitched(layer, chunk, todo, out)
@@ -182,6 +196,24 @@ class Remesher:
                 fragments[result.node] = result.data
         return fragments
 
+    def _lod(self, layer: int, chunk: int, nodes: list[int], out: dict) -> None:
+        """LOD-chain meshes of a chunk's new nodes, into ``lod_dynamic/``."""
+        from raymesh.stitch import StitchPlan, plan_chunk
+
+        if not nodes:
+            return
+        job = self.job
+        plan = plan_chunk(job.store, layer, chunk, time_stamp=None)
+        subset = StitchPlan(layer, chunk, {n: plan.descendants[n] for n in nodes if n in plan.descendants})
+        reader = DynamicFirstReader(self, job.lod_reader(), key=self.lod_key)
+        for node in subset.descendants:
+            data, _, why = job._lod_node(subset, node, reader)
+            if why:
+                out["failures"].append(why)
+            elif data is not None:
+                job.bucket.write(self.lod_key(node), data)
+                out["lod_written"] += 1
+
     def run(self, nodes: dict[int, list[int]], executor=None) -> RemeshSummary:
         """Remesh the given new nodes, layer by layer (each layer reads the one below)."""
         from raymesh.executors import SerialExecutor
@@ -197,6 +229,8 @@ class Remesher:
                 summary.missing += res["missing"]
                 summary.unstitched += res["unstitched"]
                 summary.failures.extend(res["failures"])
+                if res.get("lod_written"):
+                    summary.lod_written[layer] = summary.lod_written.get(layer, 0) + res["lod_written"]
         summary.seconds = round(time.perf_counter() - t0, 3)
         return summary
 
@@ -209,9 +243,10 @@ class DynamicFirstReader:
     say where to look and spare a storage miss per initial child.
     """
 
-    def __init__(self, remesher: Remesher, initial):
+    def __init__(self, remesher: Remesher, initial, key=None):
         self.remesher = remesher
         self.initial = initial
+        self.key = key or remesher.key  # where a new node's file is
         self.stats = initial.stats
         self._created: dict[int, int] = {}
         self._pending: dict[int, bytes] = {}
@@ -230,7 +265,7 @@ class DynamicFirstReader:
         (storage has no cheaper way to its size) and kept until ``read`` asks for it."""
         if self._is_new(node):
             # A new node: its mesh is in dynamic/, or not written (yet, or it failed).
-            data = self._pending.get(int(node)) or self.remesher.job.bucket.read(self.remesher.key(node))
+            data = self._pending.get(int(node)) or self.remesher.job.bucket.read(self.key(node))
             if data is None:
                 return None
             self._pending[int(node)] = data

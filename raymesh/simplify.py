@@ -120,15 +120,15 @@ def simplify_meshopt(vertices: np.ndarray, faces: np.ndarray, top, max_error: fl
 
 
 def collapse_locked(vertices: np.ndarray, faces: np.ndarray, lock: np.ndarray, error: float,
-                    target_indices: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                    target_indices: int = 0, return_kept: bool = False):
     """meshoptimizer's edge collapse with ``lock``-ed vertices kept, at most ``error`` nm away
     (absolute), down to ``target_indices`` (0: as far as the error allows). The output's vertices
     are a subset of the input's, unchanged; a connected component the collapses would remove
-    entirely is put back unsimplified."""
+    entirely is put back unsimplified. ``return_kept``: also the indices of the kept vertices."""
     vertices = np.asarray(vertices)
     faces = np.asarray(faces)
     if not len(faces):
-        return vertices, faces
+        return (vertices, faces, np.arange(len(vertices))) if return_kept else (vertices, faces)
     v32 = np.ascontiguousarray(vertices, dtype=np.float32)
     indices = np.ascontiguousarray(faces, dtype=np.uint32).reshape(-1)
     lock = np.ascontiguousarray(lock, dtype=np.uint8)
@@ -147,7 +147,8 @@ def collapse_locked(vertices: np.ndarray, faces: np.ndarray, lock: np.ndarray, e
         gone = ~kept[comp[indices.reshape(-1, 3)[:, 0]]]
         out = np.concatenate([out, indices.reshape(-1, 3)[gone]])
     used, inverse = np.unique(out, return_inverse=True)
-    return vertices[used], inverse.reshape(-1, 3).astype(faces.dtype, copy=False)
+    result = vertices[used], inverse.reshape(-1, 3).astype(faces.dtype, copy=False)
+    return (*result, used) if return_kept else result
 
 
 def simplify(name: str, vertices: np.ndarray, faces: np.ndarray, top, max_error: float = 40.0,

@@ -28,6 +28,8 @@ from raymesh.errors import ConfigError, MeshingError
 from raymesh.formats import multilod
 from raymesh.formats.mesh_layout import lod_key, shard_key
 from raymesh.formats.sharding import ShardingSpec, compute_shard_params_for_hashed
+from raymesh.lod.geometry import onto_own_side
+from raymesh.stitch import seam_planes
 
 MESH_DIR = "mesh"
 BITS = 16
@@ -60,6 +62,7 @@ class MultilodBuilder:
         self.job = meshes.job
         self.grid = meshes.job.grid
         self.reader = self.job.lod_reader()
+        self._new: dict[int, bool] = {}  # nodes made by edits after the initial meshes
         res = np.asarray(self.grid.resolution, dtype=np.float64)
         self.chunk_shape = self.grid.block_shape(2) * res
         self.grid_origin = np.asarray(self.grid.voxel_offset, dtype=np.float64) * res
@@ -95,18 +98,28 @@ class MultilodBuilder:
             out.append(n)
         return sorted(out)
 
+    def _read(self, node: int) -> bytes | None:
+        """A node's LOD-chain mesh: for a node an edit made (after the initial meshes), the file
+        remeshing wrote (``dynamic/`` at layer 2, ``lod_dynamic/`` above); else from the shards."""
+        if self._new.get(node):
+            from raymesh.formats.mesh_layout import DYNAMIC, LOD_DYNAMIC, dynamic_name
+
+            where = DYNAMIC if self.layout.get_chunk_layer(node) == 2 else LOD_DYNAMIC
+            return self.job.bucket.read(f"{where}/{dynamic_name(self.layout, self.meshes.meta.chunk_size, node)}")
+        return self.reader.read(node)
+
     def _mesh(self, node: int) -> tuple[np.ndarray, np.ndarray] | None:
         from raymesh.formats.draco import DracoError, decode
 
         layer = int(self.layout.get_chunk_layer(node))
-        data = self.reader.read(node)
+        data = self._read(node)
         if data is None:
             if layer == 2:
                 return None  # too small to mesh, as PCG's manifests leave it out
             where = lod_key(self.layout, layer, int(self.layout.get_chunk_id(node)))
             raise MeshingError(f"node {node} (layer {layer}) has no LOD-chain mesh in {where}: mesh that layer with "
                                "the LOD chain on (`raymesh mesh --lod-chain`, a plain rerun adds it), or, for a node "
-                               "an edit made, the LOD chain does not cover it yet")
+                               "an edit made, `raymesh remesh`")
         try:
             frag = decode(data)
         except DracoError as exc:
@@ -121,6 +134,8 @@ class MultilodBuilder:
 
         top = int(self.layout.get_chunk_layer(root))
         kids = self._tree(root)
+        nodes = sorted({int(root)} | {c for cs in kids.values() for c in cs})
+        self._new = self.meshes.is_new(nodes)
         meshes: dict[int, tuple[np.ndarray, np.ndarray] | None] = {}
         lods = []
         for layer in range(2, top + 1):
@@ -132,11 +147,17 @@ class MultilodBuilder:
             frags = []
             for cell, nodes in cells.items():
                 parts = []
+                # the cell's mid-planes as the LOD chain put them (on its Draco grid)
+                mids = seam_planes(self.grid, int(self.layout.chunk_id(layer, *cell))) if layer > 2 else None
                 for node in nodes:
                     if node not in meshes:
                         meshes[node] = self._mesh(node)
-                    if meshes[node] is not None:
-                        parts.append(meshes[node])
+                    if meshes[node] is None:
+                        continue
+                    v, f = meshes[node]
+                    if self.layout.get_chunk_layer(node) < layer:  # a node from below may reach a few nm past its chunk
+                        v = onto_own_side(self.grid, v, int(self.layout.get_chunk_id(node)), mids)
+                    parts.append((v, f))
                 if not parts:
                     continue
                 vertices = np.concatenate([v for v, _ in parts])

@@ -8,6 +8,7 @@ The LOD chain (``raymesh.lod``), sharded like ``initial/`` (same keys, same spec
 reader of PCG's format looks either:
 
     <segmentation>/<mesh dir>/lod/<layer>/<chunk position>-0.shard   layers 3 and up
+    <segmentation>/<mesh dir>/lod_dynamic/<node>:0:<bbox>             nodes edits made (remeshing)
 
 raymesh's own bookkeeping sits beside them, where no reader of PCG's format looks:
 
@@ -26,6 +27,7 @@ from raymesh.formats.sharding import ShardingSpec
 
 INITIAL = "initial"
 LOD = "lod"
+LOD_DYNAMIC = "lod_dynamic"
 DYNAMIC = "dynamic"
 FAILED = "raymesh_failed"
 RUN_RECORD = "raymesh_run.json"

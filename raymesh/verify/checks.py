@@ -33,9 +33,12 @@ KINDS = {
     "incomplete_manifest": "a root whose verified manifest lists a node above layer 2 without a mesh",
     "missing_dynamic": "a node made by an edit whose fragment is not in dynamic/",
     "metadata": "the info files, the mesh info, the run record and the graph meta disagree",
+    "missing_lod": "a node of layer 3 or above without its LOD-chain mesh (lod/), in a mesh dir that has the chain",
+    "lod_crosses_grid": "a LOD-chain mesh with a triangle across its chunk's mid-planes (the multi-LOD format's "
+                        "child grid)",
 }
 CHUNK_KINDS = {"missing_shard", "unsound_shard", "failed_chunk", "missing_fragment", "extra_fragment",
-               "undecodable", "wrong_grid", "out_of_chunk", "unmerged_seam"}
+               "undecodable", "wrong_grid", "out_of_chunk", "unmerged_seam", "missing_lod", "lod_crosses_grid"}
 
 
 @dataclass
@@ -162,6 +165,8 @@ def check_chunk(job, item) -> ChunkCheck:
         out.problem("failed_chunk", "its last run failed: " + "; ".join(_failures_in(record)))
     must, may = expected_nodes(job, layer, coords)
     out.expected = len(must)
+    if layer > 2 and has_lod_chain(job):
+        check_lod(job, out, layer, coords)
     key = job.shard_path(layer, coords)
     data = job.bucket.read(key)
     if data is None:
@@ -200,6 +205,68 @@ def check_chunk(job, item) -> ChunkCheck:
                 out.problem("unmerged_seam", f"node {node}: {cracks} position(s) on its internal chunk planes "
                             "held twice, open until welded", node)
     return out
+
+
+def has_lod_chain(job) -> bool:
+    """Whether the mesh dir was meshed with the LOD chain (some ``lod/`` shard exists); asked once."""
+    if "_has_lod_chain" not in job.__dict__:
+        job.__dict__["_has_lod_chain"] = bool(job.config.lod_chain and job.bucket.list("lod/"))
+    return job.__dict__["_has_lod_chain"]
+
+
+def lod_expected(job, layer: int, coords) -> set[int]:
+    """Nodes that must have a LOD-chain mesh: every node stitching plans, over the node limit or
+    not, with at least one descendant that has a mesh in the chain."""
+    from raymesh.stitch import plan_chunk
+
+    plan = plan_chunk(job.store, layer, int(job.meta.layout.chunk_id(layer, *coords)), job.time_stamp)
+    reader = job.lod_reader()
+    out = set()
+    for node, descendants in plan.descendants.items():
+        for desc in descendants:
+            try:
+                found = reader.locate(desc) is not None
+            except MeshingError:  # a shard below missing or unsound: reported at its own layer
+                found = False
+            if found:
+                out.add(int(node))
+                break
+    return out
+
+
+def check_lod(job, out: ChunkCheck, layer: int, coords) -> None:
+    """The chunk's LOD-chain shard: sound, a mesh for every node that must have one, each decoding
+    and not crossing its chunk's mid-planes."""
+    from raymesh.lod.geometry import crossing_faces
+    from raymesh.stitch import seam_planes
+
+    must = lod_expected(job, layer, coords)
+    key = job.lod_path(layer, coords)
+    data = job.bucket.read(key)
+    if data is None:
+        if must:
+            out.problem("missing_lod", f"no LOD shard {key}; {len(must)} nodes should have LOD meshes in it")
+        return
+    spec = job.sharding(layer)
+    try:
+        check_shard(lambda a, b: data[a:b], spec)
+        values = disassemble_shard(data, spec)
+    except ShardError as exc:
+        out.problem("unsound_shard", f"{key}: {exc}")
+        return
+    for node in sorted(must - set(values)):
+        out.problem("missing_lod", f"node {node} has no LOD mesh in {key}", node)
+    planes = seam_planes(job.grid, int(job.meta.layout.chunk_id(layer, *coords)))
+    for node in sorted(values):
+        try:
+            frag = decode(values[node])
+        except DracoError as exc:
+            out.problem("undecodable", f"node {node} (LOD): {exc}", node)
+            continue
+        crossing = int(crossing_faces(frag.vertices, frag.faces, planes).sum())
+        if crossing:
+            out.problem("lod_crosses_grid", f"node {node}: {crossing} LOD triangle(s) cross the mid-planes "
+                        f"{planes.tolist()} of its chunk", node)
 
 
 def seam_cracks(vertices: np.ndarray, faces: np.ndarray, planes) -> int:

@@ -122,8 +122,8 @@ def test_each_lod_is_within_its_budget_and_interior_objects_stay_closed(meshed):
             vertices, faces = merged([F(f) for f in frags])
             whole.append((vertices, faces))
             faces_per_lod[lod + 2] += len(faces)
-            if root in inside:
-                closed[lod + 2] += int((edge_use(faces) == 2).all())
+            if root in inside:  # closed: no edge with one face (as the layer-2 checks count it)
+                closed[lod + 2] += int(not (edge_use(faces) == 1).any())
         for lod in (1, 2):
             dev = surface_deviation(whole[lod], whole[0], samples=4000, seed=lod)
             budget = lod_budget(job.config.max_error, lod + 2)
@@ -246,3 +246,21 @@ def test_fragments_keep_their_integer_vertices():
     assert len(back_faces) == 2  # the degenerate one is left out
     assert {tuple(v) for v in back[back_faces].reshape(-1, 3).tolist()} == {tuple(v) for v in q.tolist()}
     assert multilod.encode_fragment(q, np.array([[1, 1, 2]]), 16) == b""
+
+
+def test_remeshing_extends_the_chain_to_an_edits_new_nodes(synthetic, tmp_path):
+    """After a merge and ``raymesh remesh``, the merged root's new nodes have LOD meshes in
+    ``lod_dynamic/`` and the root exports at every LOD, drawn from them."""
+    from support import meshed_with_a_merge
+
+    graph = meshed_with_a_merge(synthetic, tmp_path / "g")
+    meshes = ViewerMeshes(graph)
+    roots = meshes.current_roots()
+    fresh = [r for r, new in meshes.is_new(roots).items() if new]
+    assert len(fresh) == 1
+    folder = local_path(meshes.job.mesh_url)
+    assert os.listdir(os.path.join(folder, "lod_dynamic"))
+    done = export_roots(graph, fresh, "precomputed", str(tmp_path / "out"))
+    manifest = multilod.Manifest.from_bytes((tmp_path / "out" / "mesh" / f"{fresh[0]}.index").read_bytes())
+    assert manifest.problems() == [] and manifest.num_lods == 3
+    assert all(len(p) for p in manifest.positions) and done[0].lods["faces"][2] > 0
