@@ -78,12 +78,18 @@ def assert_skip_rule(store) -> None:
 
 
 def all_shards(job, layers) -> dict:
-    """``{(layer, chunk coords): shard bytes or None}`` for every chunk of the job's layers."""
-    from raymesh.formats.mesh_layout import shard_key
+    """``{(layer, chunk coords): shard bytes or None}`` for every chunk of the job's layers, and
+    ``{(layer, chunk coords, "lod"): LOD shard bytes or None}`` above layer 2 when the job writes
+    the LOD chain."""
+    from raymesh.formats.mesh_layout import lod_key, shard_key
 
     layout = job.meta.layout
-    return {(layer, c): job.bucket.read(shard_key(layout, layer, int(layout.chunk_id(layer, *c))))
-            for layer in layers for _, c in job.iter_chunks(layer)}
+    out = {(layer, c): job.bucket.read(shard_key(layout, layer, int(layout.chunk_id(layer, *c))))
+           for layer in layers for _, c in job.iter_chunks(layer)}
+    if job.config.lod_chain:
+        out.update({(layer, c, "lod"): job.bucket.read(lod_key(layout, layer, int(layout.chunk_id(layer, *c))))
+                    for layer in layers if layer > 2 for _, c in job.iter_chunks(layer)})
+    return out
 
 
 def find_cbtemulator() -> str | None:
