@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from raymesh.formats.draco import decode
-from raymesh.export import FORMATS, ViewerMeshes, export_roots
+from raymesh.export import FORMATS, MULTI_RESOLUTION, ViewerMeshes, export_roots
 from raymesh.verify.geometry import merged
 from support import meshed_with_a_merge
 
@@ -26,7 +26,7 @@ def expected(meshes: ViewerMeshes, root: int):
     return vertices, faces, frags
 
 
-@pytest.mark.parametrize("fmt", sorted(FORMATS))
+@pytest.mark.parametrize("fmt", sorted(set(FORMATS) - set(MULTI_RESOLUTION)))  # precomputed: test_lod_chain.py
 def test_every_format_round_trips_through_trimesh(graph, tmp_path, fmt):
     import trimesh
 
@@ -81,3 +81,22 @@ def test_export_command(graph, tmp_path, capsys):
     assert main(["export", "--graph", graph, "--roots", str(root), "--format", "obj", "--out",
                  str(tmp_path / "file")]) == 2
     assert "is a file" in capsys.readouterr().err
+
+
+def test_precomputed_export_command_and_its_errors(graph, tmp_path, capsys):
+    from raymesh.cli import main
+
+    out = tmp_path / "multires"
+    assert main(["export", "--graph", graph, "--format", "precomputed", "--out", str(out), "--sharded"]) == 0
+    err = capsys.readouterr().err
+    assert "3 LODs" in err and "precomputed segmentation" in err
+    assert (out / "info").is_file() and any(p.suffix == ".shard" for p in (out / "mesh").iterdir())
+    # a file format needs roots; --sharded and --time-stamp are for precomputed only
+    for argv in (["--format", "ply"], ["--format", "ply", "--top", "1", "--sharded"],
+                 ["--format", "obj", "--top", "1", "--time-stamp", "1"]):
+        assert main(["export", "--graph", graph, "--out", str(tmp_path / "bad"), *argv]) == 2, argv
+        assert capsys.readouterr().err.count("\n") == 1
+    assert not (tmp_path / "bad").exists()
+    # the view server refuses a folder that is not such an export
+    assert main(["view", "--graph", graph, "--precomputed", str(tmp_path)]) == 2
+    assert "export one first" in capsys.readouterr().err
