@@ -33,6 +33,8 @@ def run_demo(out: str, workers: int = 2) -> int:
             line = f"layer {layer.layer}: {chunks} already done"
         else:
             line = f"layer {layer.layer}: {layer.fragments} meshes in {chunks}"
+            if layer.lod_fragments:
+                line += f" (and {layer.lod_fragments} simplified, for the LOD chain)"
         say(line + (f", {len(layer.failures)} FAILED" if layer.failures else ""))
     for layer in result.layers:
         for failure in layer.failures:
