@@ -6,9 +6,14 @@ memory-aware placement (../shared/docs/architecture.md, actors/; ray-notes.md).
 - A task's shard comes back as an object the driver owns; ``ShardCaches`` file the refs under the
   chunks that will read them, and a stitching task gets its children's refs as top-level
   arguments, so Ray runs it where the bytes are and nobody reads the shard from storage again.
-- Each task asks for the memory its estimate says (and the big-memory resource on high layers).
-  A request no node can satisfy fails the job with the layer and the budget named, after
-  ``placement_timeout`` seconds for an autoscaler to add a node, instead of hanging.
+- Each task asks for the memory its estimate says, and on a cluster of two node groups the
+  resource of its group (placement.layer_resources: big-memory from ``highmem_layer`` up, the
+  general group's below).
+- On an autoscaling cluster the tasks are submitted even when no node is up that fits them: the
+  autoscaler adds nodes for pending tasks only, so the window keeps a floor of ``MIN_WINDOW``
+  tasks in flight and grows with the cluster's CPUs. A request that no node type fits fails the
+  job within seconds on the autoscaler's verdict (Ray's autoscaler v2, actors/autoscaler.py);
+  without one, after ``placement_timeout`` seconds (0: at once), instead of hanging.
 """
 
 from __future__ import annotations
@@ -23,12 +28,20 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import ray
 
+from actors import autoscaler
 from actors.read_gate import RayReadGate
 from actors.shard_cache import ShardCaches
 from raymesh.errors import ConfigError
 from raymesh.placement import TaskRequest, unsatisfiable
 
 _EMPTY = np.zeros(0, dtype=np.uint8)
+# Tasks in flight at least, whatever the cluster's size now: an autoscaling cluster starts with no
+# worker, and its autoscaler adds nodes only for tasks that are pending. The window then grows with
+# the CPUs that joined (4 per CPU), so a cluster of 8-CPU nodes grows about fourfold per round.
+MIN_WINDOW = 16
+WINDOW_REFRESH_S = 5.0  # how often the window follows the cluster's CPUs
+PLACEMENT_POLL_S = 2.0  # how often a request no node fits yet is looked at again
+AUTOSCALER_GRACE_S = 60.0  # how long an autoscaler v2 that has not reported yet is waited for
 _WORKER_ENV = ("BIGTABLE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS")
 
 
@@ -186,8 +199,9 @@ class RayExecutor:
                 raise ConfigError(explain(address, exc) or f"cannot connect to Ray at {address!r}: {exc}; check "
                                   "the address (auto, ray://host:10001) and that the cluster is up") from exc
             self._started = True
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        self.window = window or max(4, 4 * cpus)
+        self._fixed_window = window
+        self._window_at = -float("inf")
+        self._window = MIN_WINDOW
         self.max_retries = max_retries
         self.cache_actors = cache_actors
         self._remote = ray.remote(_call).options(max_retries=max_retries)
@@ -196,14 +210,43 @@ class RayExecutor:
         self._merge = ray.remote(max_retries=max_retries)(_merge_parts)
         self._caches: ShardCaches | None = None
         self._gate = None
-        self._cache_budget = 0  # bytes of shards (counted once per reader) the caches may hold
+        self._store_bytes = 0  # the cluster's object store now (it grows and shrinks with autoscaling)
         self._filed_bytes = 0
         self._job_ref = None
         self._job = None
         self._token = None
         self._fits: set[tuple] = set()
+        self._unplaced: dict[tuple, list] = {}  # no node fits yet: [layer, request, since, verdicts in a row]
         self.resubmitted = 0  # batches run again without cached shards after losing them
         self.profile = ReadProfile()
+
+    @property
+    def window(self) -> int:
+        """Tasks kept in flight: the ``window`` given, else 4 per CPU of the cluster as it is now
+        (looked up every few seconds, so it grows as an autoscaler adds nodes), at least
+        ``MIN_WINDOW``."""
+        if self._fixed_window:
+            return self._fixed_window
+        now = time.monotonic()
+        if now - self._window_at >= WINDOW_REFRESH_S:
+            self._refresh_cluster_size(now)
+        return self._window
+
+    def _refresh_cluster_size(self, now: float) -> None:
+        self._window_at = now
+        resources = ray.cluster_resources()
+        self._window = max(MIN_WINDOW, 4 * int(resources.get("CPU", 0)))
+        self._store_bytes = int(resources.get("object_store_memory", 0))
+
+    def _cache_budget(self, job) -> int:
+        """Bytes of shards (counted once per reader) the caches may hold: ``shard_cache_bytes``,
+        else half the cluster's object store as it is now (it grows as an autoscaler adds nodes)."""
+        if job.config.shard_cache_bytes:
+            return job.config.shard_cache_bytes
+        now = time.monotonic()
+        if now - self._window_at >= WINDOW_REFRESH_S:
+            self._refresh_cluster_size(now)
+        return self._store_bytes // 2
 
     # ---- generic ----------------------------------------------------------------------------
     def imap_unordered(self, fn: Callable, items: Iterable) -> Iterator:
@@ -229,8 +272,6 @@ class RayExecutor:
             self._token = uuid.uuid4().hex  # this job's reads, shared by its tasks on each worker
             if job.config.shard_cache:
                 self._caches = ShardCaches(self.cache_actors)
-                store_bytes = ray.cluster_resources().get("object_store_memory", 0)
-                self._cache_budget = job.config.shard_cache_bytes or int(store_bytes // 2)
                 self._filed_bytes = 0
         config = job.config
         keep = config.shard_cache and layer < max(config.layers)
@@ -253,7 +294,7 @@ class RayExecutor:
             self._filed_bytes -= released
         # Past the cache budget a shard is not handed back: its readers go to storage instead,
         # so a layer of millions of chunks cannot fill the object store and spill.
-        keep = keep and self._filed_bytes < self._cache_budget
+        keep = keep and self._filed_bytes < self._cache_budget(job)
         request = job.task_request(layer, child_bytes)
         self._check_fits(job, layer, request)
         options = {"num_returns": 1 + (len(batch) if keep else 0), "memory": request.memory}
@@ -276,7 +317,12 @@ class RayExecutor:
         inflight[meta_ref] = ([item], shard_refs, submitted)
 
     def _collect(self, job, layer: int, keep: bool, inflight: dict) -> Iterator:
-        done, _ = ray.wait(list(inflight), num_returns=1, fetch_local=False)
+        done = []
+        while not done:
+            waiting = self._unplaced and PLACEMENT_POLL_S
+            done, _ = ray.wait(list(inflight), num_returns=1, fetch_local=False, timeout=waiting or None)
+            if self._unplaced:
+                self._watch_unplaced(job)
         batch, shard_refs, submitted = inflight.pop(done[0])
         _, child_refs, _, _ = submitted  # (chunk ids, child shard refs, keep, task options)
         try:
@@ -300,25 +346,52 @@ class RayExecutor:
             yield stats
 
     def _check_fits(self, job, layer: int, request: TaskRequest) -> None:
-        """Fail fast (or after ``placement_timeout``) when no node can ever run the task."""
+        """Whether a node can run the task. One that none of the nodes up can run is still
+        submitted (an autoscaler adds nodes only for pending tasks) and watched while the layer
+        runs (``_watch_unplaced``), except where nothing will come: no autoscaler's view and
+        ``placement_timeout`` 0, which fails at once as before."""
         key = (request.memory, tuple(sorted(request.resources.items())))
-        if key in self._fits:
+        if key in self._fits or key in self._unplaced:
             return
-        deadline = time.monotonic() + job.config.placement_timeout
-        while True:
-            nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        why = unsatisfiable(request, _alive_nodes())
+        if why is None:
+            self._fits.add(key)
+            return
+        view = autoscaler.read()
+        if not job.config.placement_timeout and not (view is not None and view.v2):
+            raise _placement_error(job, layer, why)
+        self._unplaced[key] = [layer, request, time.monotonic(), 0]
+
+    def _watch_unplaced(self, job) -> None:
+        """Requests no node fitted when submitted: done once a node that fits is up. A job error
+        when the autoscaler says no node type fits them, or after ``placement_timeout`` (when set;
+        with an autoscaler's view and 0 the job waits for the autoscaler's verdict).
+
+        Ray's autoscaler v2 lists as "infeasible" whatever it cannot place on the nodes it has and
+        adds now, including tasks that wait for nodes to free up when a group is at its maximum. So
+        a verdict counts only while it launches nothing, two readings in a row, and only for a
+        request no node that is up can run."""
+        nodes = _alive_nodes()
+        view = None
+        for key, entry in list(self._unplaced.items()):
+            layer, request, since, strikes = entry
             why = unsatisfiable(request, nodes)
             if why is None:
+                del self._unplaced[key]
                 self._fits.add(key)
-                return
-            if time.monotonic() >= deadline:
-                budget = job.config.memory_budget
-                raise ConfigError(
-                    f"layer {layer} cannot be placed: {why} (memory budget {budget / 2**30:.2f} GiB, "
-                    f"waited {job.config.placement_timeout:.0f} s for a node). Lower memory_budget, "
-                    "give the cluster a node group with that much memory or the resource "
-                    "(kuberay/raycluster.yaml), or raise placement_timeout for an autoscaler")
-            time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
+                continue
+            view = view or autoscaler.read()
+            waited = time.monotonic() - since
+            # an autoscaler v2 that never reported (its monitor down) gives no verdict: stop waiting
+            autoscaling = view is not None and view.v2 and (view.version > 0 or waited < AUTOSCALER_GRACE_S)
+            if autoscaling:
+                verdict = not view.launching and any(request.is_bundle(b) for b in view.infeasible)
+                entry[3] = strikes + 1 if verdict else 0
+                if entry[3] >= 2:
+                    raise _infeasible_error(job, layer, request)
+            timeout = job.config.placement_timeout
+            if (timeout or not autoscaling) and waited >= timeout:
+                raise _placement_error(job, layer, why)
 
     def end_job(self) -> None:
         """Drop the job's cached shards (consumers outside the job never take theirs)."""
@@ -328,6 +401,7 @@ class RayExecutor:
             self._gate.close()
             self._job.read_gate = None
         self._caches, self._job, self._job_ref, self._gate = None, None, None, None
+        self._unplaced.clear()
         self._token = None
 
     def shutdown(self) -> None:
@@ -335,6 +409,29 @@ class RayExecutor:
         if self._started:
             ray.shutdown()
             self._started = False
+
+
+def _alive_nodes() -> list[dict[str, float]]:
+    return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+
+
+def _placement_error(job, layer: int, why: str) -> ConfigError:
+    budget = job.config.memory_budget
+    return ConfigError(
+        f"layer {layer} cannot be placed: {why} (memory budget {budget / 2**30:.2f} GiB, "
+        f"waited {job.config.placement_timeout:.0f} s for a node). Lower memory_budget, "
+        "give the cluster a node group with that much memory or the resource "
+        "(kuberay/raycluster.yaml), or raise placement_timeout for an autoscaler")
+
+
+def _infeasible_error(job, layer: int, request: TaskRequest) -> ConfigError:
+    wanted = ", ".join(f"{k} {v / 2**30:.2f} GiB" if k == "memory" else f"{k} {v:g}"
+                       for k, v in request.bundle().items())
+    return ConfigError(
+        f"layer {layer} cannot be placed: the cluster's autoscaler has no node type that fits its tasks "
+        f"({wanted}; memory budget {job.config.memory_budget / 2**30:.2f} GiB). Lower memory_budget, or give "
+        "the cluster a node group with that much memory and the resource (kuberay/raycluster.yaml: the "
+        "general group carries general_resource, the highmem group highmem_resource)")
 
 
 def _check_reachable(address: str, timeout_s: float = 5.0) -> None:

@@ -66,6 +66,12 @@ class MeshConfig(BaseModel):
                                          "Ray for one unit of highmem_resource (big-memory nodes)")
     highmem_resource: str = Field("raymesh_highmem", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
                                   description="custom resource name the big-memory node group carries")
+    # Issue 23: with highmem_layer set, the layers below it ask for a sliver of this resource, which
+    # only the general node group carries, so small tasks never land on (or make an autoscaler add)
+    # big-memory nodes. null: they may run anywhere.
+    general_resource: Optional[str] = Field("raymesh_general", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                                            description="custom resource only the general node group carries; "
+                                            "with highmem_layer, the layers below it ask for it (null: none)")
     placement_timeout: float = Field(0.0, ge=0, description="seconds to wait for a node that fits a "
                                      "task's request (an autoscaler adding one) before failing; 0: fail at once")
     chunks_per_task: int = Field(1, ge=1, description="chunks meshed one after another by one Ray task")

@@ -37,6 +37,18 @@ class TaskRequest:
     resources: dict[str, float] = field(default_factory=dict)
     cpus: float = 1.0
 
+    def bundle(self) -> dict[str, float]:
+        """The request as Ray's scheduler and autoscaler write it: ``{"CPU": 1.0, "memory": bytes, ...}``."""
+        return {"CPU": float(self.cpus), "memory": float(self.memory),
+                **{k: float(v) for k, v in self.resources.items()}}
+
+    def is_bundle(self, bundle: dict[str, float]) -> bool:
+        """Whether ``bundle`` (from the autoscaler's state) is this request (Ray drops zero amounts)."""
+        mine = {k: v for k, v in self.bundle().items() if v}
+        theirs = {k: float(v) for k, v in bundle.items() if v}
+        return mine.keys() == theirs.keys() and all(abs(mine[k] - theirs[k]) <= 1e-6 * max(1.0, abs(mine[k]))
+                                                     for k in mine)
+
 
 def l2_request(block_shape, budget: int) -> int:
     """Memory for meshing one layer-2 chunk whose block (with overlap) has ``block_shape``."""
@@ -93,12 +105,26 @@ def node_limit(budget: int, max_stitch_bytes: int | None = None) -> int:
     return stitch_work(budget) // 2 // NODE_BYTES_PER_CHILD_BYTE
 
 
-def layer_resources(layer: int, highmem_layer: int | None, highmem_resource: str) -> dict[str, float]:
-    """Layers at or above ``highmem_layer`` also ask for one unit of the big-memory resource, so
-    a cluster can keep them on a node group that carries it (kuberay/raycluster.yaml)."""
-    if highmem_layer is not None and layer >= highmem_layer:
+# What a task below ``highmem_layer`` asks of the resource only general nodes carry: a marker, not a
+# count. A node that carries one unit runs as many such tasks as its CPUs and memory allow.
+GENERAL_UNITS = 0.001
+
+
+def layer_resources(layer: int, highmem_layer: int | None, highmem_resource: str,
+                    general_resource: str | None = None) -> dict[str, float]:
+    """Custom resources a task of ``layer`` asks for, on a cluster of two node groups.
+
+    Layers at or above ``highmem_layer`` ask for one unit of the big-memory resource, so they run
+    only on the node group that carries it (kuberay/raycluster.yaml: four per node). Layers below it
+    ask for a sliver (``GENERAL_UNITS``) of ``general_resource``, which only the general group
+    carries: a layer-2 task fits a big-memory node too, and without this an autoscaler adds
+    big-memory nodes for small work (issue 23). Without ``highmem_layer`` there is one kind of node
+    and nothing is asked for."""
+    if highmem_layer is None:
+        return {}
+    if layer >= highmem_layer:
         return {highmem_resource: 1.0}
-    return {}
+    return {general_resource: GENERAL_UNITS} if general_resource else {}
 
 
 def unsatisfiable(request: TaskRequest, nodes: list[dict[str, float]]) -> str | None:

@@ -141,7 +141,8 @@ class MeshJob(Layer2Chunks, StitchChunks, LodChunks):
             memory = l2_request(np.asarray(self.grid.block_shape(2)) + 1, budget)
         else:
             memory = stitch_request(child_bytes, budget)
-        return TaskRequest(memory, layer_resources(layer, self.config.highmem_layer, self.config.highmem_resource))
+        return TaskRequest(memory, layer_resources(layer, self.config.highmem_layer, self.config.highmem_resource,
+                                                   self.config.general_resource))
 
     # ---- the task body ------------------------------------------------------------------------
     def shard_path(self, layer: int, coords) -> str:

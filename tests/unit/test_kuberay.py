@@ -108,13 +108,19 @@ def test_head_runs_no_tasks_and_groups_carry_what_the_driver_requests():
     carried = yaml.safe_load(yaml.safe_load(highmem["rayStartParams"]["resources"]))
     # ... is what the highmem group, and only it, carries.
     assert set(wanted) == set(carried) and all(carried[k] >= v for k, v in wanted.items())
-    assert all("resources" not in g["rayStartParams"] for g in spec["workerGroupSpecs"] if g is not highmem)
+    general = _group(spec, "general")
+    others = {g["groupName"]: yaml.safe_load(yaml.safe_load(g["rayStartParams"].get("resources", '"{}"')))
+              for g in spec["workerGroupSpecs"] if g is not highmem}
+    assert all(template.highmem_resource not in r for r in others.values())
+    # The lower layers ask for the general group's resource, which only it carries (issue 23).
+    low = layer_resources(2, template.highmem_layer, template.highmem_resource, template.general_resource)
+    assert set(low) == {template.general_resource} and set(others) == {"general"}
+    assert all(others["general"].get(k, 0) >= v for k, v in low.items()) and not set(low) & set(carried)
     # Ray's memory resource is the container limit (KubeRay): a highmem node fits as many
     # budget-sized stitching tasks as it has units of the resource; requests equal limits, so
     # Kubernetes reserves what Ray hands out.
     (container,) = _containers(highmem["template"])
     assert _units(container["resources"]["limits"]["memory"]) >= template.memory_budget * carried[template.highmem_resource]
-    general = _group(spec, "general")
     (worker,) = _containers(general["template"])
     block = np.asarray(PCG_CHUNK) // np.asarray(PCG_MIP_SCALE) + 1
     per_cpu = _units(worker["resources"]["limits"]["memory"]) / int(worker["resources"]["limits"]["cpu"])

@@ -172,3 +172,28 @@ def test_a_local_ray_that_times_out_starting_is_tried_again(monkeypatch):
     monkeypatch.setattr(ray, "init", other)
     with pytest.raises(ValueError, match="bad argument"):
         ray_executor.start_local_ray(num_cpus=1)
+
+
+def test_lower_layers_ask_for_the_general_groups_resource_on_a_two_group_cluster():
+    """Issue 23: a layer-2 task fits a big-memory node too; asking for a sliver of a resource only
+    the general group carries keeps it (and an autoscaler's new nodes) off the highmem group."""
+    from raymesh.placement import GENERAL_UNITS
+
+    assert layer_resources(2, 5, "big", "small") == {"small": GENERAL_UNITS}
+    assert layer_resources(4, 5, "big", "small") == {"small": GENERAL_UNITS}
+    assert layer_resources(5, 5, "big", "small") == {"big": 1.0}
+    assert layer_resources(2, None, "big", "small") == {}  # one kind of node: nothing asked
+    assert layer_resources(2, 5, "big", None) == {}
+    assert MeshConfig(graph="sqlite:///x.sqlite").general_resource == "raymesh_general"
+    # A general node carrying one unit runs as many such tasks as it has CPUs.
+    request = TaskRequest(GiB, layer_resources(2, 5, "big", "small"))
+    assert unsatisfiable(request, [{"memory": 8 * GiB, "CPU": 8, "small": 1}]) is None
+    assert "'small'" in unsatisfiable(request, [{"memory": 64 * GiB, "CPU": 4, "big": 4}])
+
+
+def test_a_request_matches_the_autoscalers_bundle_of_it():
+    request = TaskRequest(270160432, {"raymesh_highmem": 1.0})
+    assert request.bundle() == {"CPU": 1.0, "memory": 270160432.0, "raymesh_highmem": 1.0}
+    assert request.is_bundle({"raymesh_highmem": 1.0, "memory": 270160432.0, "CPU": 1.0})
+    assert not request.is_bundle({"memory": 270160432.0, "CPU": 1.0})
+    assert not request.is_bundle({"raymesh_highmem": 1.0, "memory": 2 * 270160432.0, "CPU": 1.0})
