@@ -165,8 +165,8 @@ class FragmentReader:
 class WholeShardReader(FragmentReader):
     """PCG's way, kept as the benchmark baseline: read every child shard whole and keep it all."""
 
-    def __init__(self, layout, sharding, read_whole: Callable[[int, int], bytes | None]):
-        super().__init__(layout, sharding, lambda layer, chunk: None)
+    def __init__(self, layout, sharding, read_whole: Callable[[int, int], bytes | None], key_of=shard_key):
+        super().__init__(layout, sharding, lambda layer, chunk: None, key_of)
         self._read_whole = read_whole
         self._values: dict[int, dict[int, bytes]] = {}
 
@@ -176,7 +176,8 @@ class WholeShardReader(FragmentReader):
             data = self._read_whole(layer, chunk)
             self.stats.shard_files += 1
             if data is None:
-                raise MeshingError(f"{self._where(chunk)} has no shard file: run layer {layer} first")
+                raise MeshingError(f"{self._where(chunk)} has no shard file ({self.key_of(self.layout, layer, chunk)}): "
+                                   f"run layer {layer} before the layers above it")
             self.stats.bytes_read += len(data)
             self._values[chunk] = disassemble_shard(data, self.sharding(layer))
 

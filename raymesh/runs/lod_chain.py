@@ -55,14 +55,22 @@ class LodChunks:
             return f"its LOD shard {key} is truncated or corrupt ({exc})"
         return "its LOD shard is not written yet" if count is None else None
 
-    def lod_reader(self):
-        """Fragments of the LOD chain by node: layer 2 from ``initial/``, higher from ``lod/``."""
-        from raymesh.stitch import FragmentReader
+    def lod_reader(self, whole_shards: bool = False):
+        """Fragments of the LOD chain by node: layer 2 from ``initial/``, higher from ``lod/``.
+
+        ``whole_shards``: each child shard read whole, once (``preload``), for a task that needs
+        nearly every fragment in it, as a chunk's LOD work does: a few reads instead of one per
+        fragment, and LOD shards stay small at every layer."""
+        from raymesh.stitch import FragmentReader, WholeShardReader
 
         layout = self.meta.layout
 
         def key_of(layout, layer: int, chunk: int) -> str:
             return shard_key(layout, layer, chunk) if layer == 2 else lod_key(layout, layer, chunk)
+
+        if whole_shards:
+            return WholeShardReader(layout, self.sharding, lambda layer, chunk: self.bucket.read(key_of(layout, layer, chunk)),
+                                    key_of)
 
         def open_shard(layer: int, chunk: int):
             key = key_of(layout, layer, chunk)
@@ -83,7 +91,15 @@ class LodChunks:
             from raymesh.stitch import plan_chunk
 
             plan = plan_chunk(self.store, layer, int(self.meta.layout.chunk_id(layer, *coords)), self.time_stamp)
-        reader = self.lod_reader()
+        reader = self.lod_reader(whole_shards=True)
+        try:
+            reader.preload(d for descendants in plan.descendants.values() for d in descendants)
+        except (MeshingError, ShardError) as exc:  # a shard below missing or unsound: no LOD shard here
+            why = f"the LOD inputs of layer {layer} chunk {list(coords)}: {exc}"
+            self.record_outcome(layer, coords, stats.failures + [why])
+            stats.failures.append(why)
+            stats.lod_seconds = time.perf_counter() - t0
+            return stats
         builder = self._shard_builder(layer)
         failures: list[str] = []
         try:
