@@ -26,7 +26,9 @@ def run_demo(out: str, workers: int = 2) -> int:
     how = "reused" if built.already_built else f"built in {built.seconds:.1f} s"
     say(f"graph: {built.store_url} ({built.n_layers} layers, {built.node_counts.get(1, 0)} supervoxels; {how})")
     layers = list(range(2, built.n_layers + 1))  # layer 2, then stitched up to the root layer
-    result = run(MeshConfig(graph=built.store_url, layers=layers, mip=0, workers=workers), progress=False)
+    # the LOD chain too (off by default elsewhere), so the demo can be exported as multi-resolution meshes
+    result = run(MeshConfig(graph=built.store_url, layers=layers, mip=0, workers=workers, lod_chain=True),
+                 progress=False)
     for layer in result.layers:
         chunks = f"{layer.chunks} chunk{'s' if layer.chunks != 1 else ''}"
         if layer.chunks and layer.chunks_skipped == layer.chunks:

@@ -173,7 +173,7 @@ def meshed_with_a_merge(synthetic, folder) -> str:
     t0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
     g = build_graph(labels, str(folder), resolution=SYNTH_RES, chunk_size=SYNTH_CHUNK, agglomeration=agg,
                     time_stamp=t0)
-    run(MeshConfig(graph=g.store_url, layers=[2, 3, 4], executor="serial",
+    run(MeshConfig(graph=g.store_url, layers=[2, 3, 4], executor="serial", lod_chain=True,
                    time_stamp=(t0 + dt.timedelta(seconds=30)).timestamp()), progress=False)
     store = open_store(g.store_url)
     meta = store.meta

@@ -210,7 +210,7 @@ def check_chunk(job, item) -> ChunkCheck:
 def has_lod_chain(job) -> bool:
     """Whether the mesh dir was meshed with the LOD chain (some ``lod/`` shard exists); asked once."""
     if "_has_lod_chain" not in job.__dict__:
-        job.__dict__["_has_lod_chain"] = bool(job.config.lod_chain and job.bucket.list("lod/"))
+        job.__dict__["_has_lod_chain"] = bool(job.bucket.list("lod/"))
     return job.__dict__["_has_lod_chain"]
 
 

@@ -35,7 +35,7 @@ def test_worker_node_dies_mid_layer_and_shards_match_a_clean_run(graph):
 
     from actors.ray_executor import RayExecutor
 
-    base = dict(graph=graph.store_url, layers=[2, 3, 4], mip=0, time_stamp=2e9, force=True)
+    base = dict(graph=graph.store_url, layers=[2, 3, 4], mip=0, time_stamp=2e9, force=True, lod_chain=True)
     run(MeshConfig(**base, executor="serial"), progress=False)
     clean = all_shards(MeshJob(MeshConfig(**base)), (2, 3, 4))
 

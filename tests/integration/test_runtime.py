@@ -27,7 +27,7 @@ def graph(synthetic, tmp_path_factory):
 def test_children_come_from_the_object_store_and_one_worker_matches_two(ray_local, graph):
     from actors.ray_executor import RayExecutor
 
-    base = dict(graph=graph.store_url, layers=[2, 3, 4], mip=0, time_stamp=2e9, force=True)
+    base = dict(graph=graph.store_url, layers=[2, 3, 4], mip=0, time_stamp=2e9, force=True, lod_chain=True)
     # Serial mode has no object store: its storage reads are the child shards each layer needs.
     serial = run(MeshConfig(**base, executor="serial"), progress=False)
     needed = {s.layer: s.shard_reads for s in serial.layers}
@@ -54,7 +54,7 @@ def test_chunks_past_the_budget_are_split_over_tasks(ray_local, graph):
     from actors.ray_executor import RayExecutor
     from raymesh.placement import TASK_BASE_BYTES
 
-    base = dict(graph=graph.store_url, layers=[2, 3, 4], mip=0, time_stamp=2e9, force=True)
+    base = dict(graph=graph.store_url, layers=[2, 3, 4], mip=0, time_stamp=2e9, force=True, lod_chain=True)
     run(MeshConfig(**base, executor="serial"), progress=False)
     serial = all_shards(MeshJob(MeshConfig(**base)), (2, 3, 4))
     # A budget below a stitching task's base estimate: every stitched chunk is split (with the
