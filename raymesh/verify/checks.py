@@ -151,6 +151,16 @@ def chunk_bounds(job, layer: int, chunk_id: int, settings) -> tuple[np.ndarray, 
     return lo - res / 2 - slack, hi + res + slack
 
 
+def sound_values(out: ChunkCheck, key: str, data: bytes, spec) -> dict[int, bytes] | None:
+    """A shard's values by key, or None (and an ``unsound_shard`` problem) when it does not parse."""
+    try:
+        check_shard(lambda a, b: data[a:b], spec)
+        return disassemble_shard(data, spec)
+    except ShardError as exc:
+        out.problem("unsound_shard", f"{key}: {exc}")
+        return None
+
+
 def check_chunk(job, item) -> ChunkCheck:
     """Coverage and soundness of one chunk's shard (``item``: ``(layer, coords)``)."""
     layer, coords = item
@@ -173,12 +183,8 @@ def check_chunk(job, item) -> ChunkCheck:
         if must:
             out.problem("missing_shard", f"no shard file {key}; {len(must)} nodes should have meshes in it")
         return out
-    spec = job.sharding(layer)
-    try:
-        check_shard(lambda a, b: data[a:b], spec)
-        values = disassemble_shard(data, spec)
-    except ShardError as exc:
-        out.problem("unsound_shard", f"{key}: {exc}")
+    values = sound_values(out, key, data, job.sharding(layer))
+    if values is None:
         return out
     out.fragments, out.bytes = len(values), len(data)
     for node in sorted(must - set(values)):
@@ -247,12 +253,8 @@ def check_lod(job, out: ChunkCheck, layer: int, coords) -> None:
         if must:
             out.problem("missing_lod", f"no LOD shard {key}; {len(must)} nodes should have LOD meshes in it")
         return
-    spec = job.sharding(layer)
-    try:
-        check_shard(lambda a, b: data[a:b], spec)
-        values = disassemble_shard(data, spec)
-    except ShardError as exc:
-        out.problem("unsound_shard", f"{key}: {exc}")
+    values = sound_values(out, key, data, job.sharding(layer))
+    if values is None:
         return
     for node in sorted(must - set(values)):
         out.problem("missing_lod", f"node {node} has no LOD mesh in {key}", node)
