@@ -120,11 +120,12 @@ def simplify_meshopt(vertices: np.ndarray, faces: np.ndarray, top, max_error: fl
 
 
 def collapse_locked(vertices: np.ndarray, faces: np.ndarray, lock: np.ndarray, error: float,
-                    target_indices: int = 0, return_kept: bool = False):
+                    target_indices: int = 0, return_kept: bool = False, keep_components: bool = True):
     """meshoptimizer's edge collapse with ``lock``-ed vertices kept, at most ``error`` nm away
     (absolute), down to ``target_indices`` (0: as far as the error allows). The output's vertices
     are a subset of the input's, unchanged; a connected component the collapses would remove
-    entirely is put back unsimplified. ``return_kept``: also the indices of the kept vertices."""
+    entirely is put back unsimplified (``keep_components``; a caller that measures the result
+    anyway may leave that to its measure). ``return_kept``: also the indices of the kept vertices."""
     vertices = np.asarray(vertices)
     faces = np.asarray(faces)
     if not len(faces):
@@ -140,12 +141,13 @@ def collapse_locked(vertices: np.ndarray, faces: np.ndarray, lock: np.ndarray, e
         lock.ctypes.data_as(ctypes.POINTER(ctypes.c_ubyte)), int(target_indices), float(error),
         _ERROR_ABSOLUTE, None)
     out = dest[:n].reshape(-1, 3)
-    n_comp, comp = _components(len(v32), indices.reshape(-1, 3))
-    kept = np.zeros(n_comp, dtype=bool)
-    kept[comp[out.ravel()]] = True
-    if not kept.all():  # put back, unsimplified, what the collapses removed entirely
-        gone = ~kept[comp[indices.reshape(-1, 3)[:, 0]]]
-        out = np.concatenate([out, indices.reshape(-1, 3)[gone]])
+    if keep_components:
+        n_comp, comp = _components(len(v32), indices.reshape(-1, 3))
+        kept = np.zeros(n_comp, dtype=bool)
+        kept[comp[out.ravel()]] = True
+        if not kept.all():  # put back, unsimplified, what the collapses removed entirely
+            gone = ~kept[comp[indices.reshape(-1, 3)[:, 0]]]
+            out = np.concatenate([out, indices.reshape(-1, 3)[gone]])
     used, inverse = np.unique(out, return_inverse=True)
     result = vertices[used], inverse.reshape(-1, 3).astype(faces.dtype, copy=False)
     return (*result, used) if return_kept else result

@@ -152,9 +152,13 @@ def bounded_collapse(vertices: np.ndarray, faces: np.ndarray, lock: np.ndarray, 
     target = float(error) * TARGET_FRACTION
     before = edge_counts(faces)[0]
     for _ in range(rounds):
-        out_v, out_f, kept = collapse_locked(vertices, faces, lock, target, return_kept=True)
+        # A piece removed whole shows below as input vertices far from the output, unless it is
+        # smaller than the error: then it is below this LOD's detail, and may go.
+        out_v, out_f, kept = collapse_locked(vertices, faces, lock, target, return_kept=True, keep_components=False)
         if len(out_f) == len(faces):
             return out_v, out_f
+        if not len(out_f):  # the whole node is smaller than the error: it keeps its mesh as it is
+            return vertices, faces
         if edge_counts(out_f)[0] > before:
             target /= 2
             continue

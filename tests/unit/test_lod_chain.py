@@ -264,3 +264,13 @@ def test_remeshing_extends_the_chain_to_an_edits_new_nodes(synthetic, tmp_path):
     manifest = multilod.Manifest.from_bytes((tmp_path / "out" / "mesh" / f"{fresh[0]}.index").read_bytes())
     assert manifest.problems() == [] and manifest.num_lods == 3
     assert all(len(p) for p in manifest.positions) and done[0].lods["faces"][2] > 0
+
+
+def test_a_node_smaller_than_the_error_keeps_its_mesh():
+    """meshoptimizer may collapse a tiny closed piece away entirely; a node is never left with no mesh."""
+    from raymesh.lod.geometry import bounded_collapse
+
+    v = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], float)
+    f = np.array([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]])
+    out_v, out_f = bounded_collapse(v, f, np.zeros(4, bool), 100.0)
+    assert len(out_f) == 4 and len(out_v) == 4
