@@ -20,11 +20,24 @@ def graph(synthetic, tmp_path_factory):
                        chunk_size=SYNTH_CHUNK, agglomeration=agg, graph_id="cluster")
 
 
-def _cluster(head: dict, workers: list[dict]):
+def _cluster(head: dict, workers: list[dict], tries: int = 3):
+    """A head and workers. On a loaded machine a head can time out while starting (its GCS port
+    file, as ``actors.ray_executor.start_local_ray`` retries too): tried again, up to ``tries``."""
+    import time
+
+    import ray
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, connect=True,
-                      head_node_args={"include_dashboard": False, "object_store_memory": 80 * MiB, **head})
+    for attempt in range(1, tries + 1):
+        try:
+            cluster = Cluster(initialize_head=True, connect=True,
+                              head_node_args={"include_dashboard": False, "object_store_memory": 80 * MiB, **head})
+            break
+        except RuntimeError as exc:
+            if "timed out" not in str(exc).lower() or attempt == tries:
+                raise
+            ray.shutdown()
+            time.sleep(2.0 * attempt)
     nodes = [cluster.add_node(object_store_memory=80 * MiB, **w) for w in workers]
     cluster.wait_for_nodes()
     return cluster, nodes
