@@ -45,6 +45,9 @@ PCG_L6_SHARD_BYTES = 765_877_565  # a byte offset inside one minnie65 layer-6 sh
 OBJECT_STORE_SHARE = 0.3  # Ray's default object store: 30% of the node's memory
 
 ASSUMPTIONS = [
+    "With --lod-chain: each layer's stitching time grows by the LOD chain's measured time over "
+    "stitching's at that layer (benchmarks/results/lod_chain_full.json, layers 3-5 of the real volume); "
+    "above layer 5, the layer-5 ratio.",
     "Rates are this machine's (2 cores, one task per core) on the real 512^3 volume at 8x8x40 nm; a "
     "voxel at the mesh mip costs the same time and yields the same fragment bytes whatever its size "
     "(minnie65 meshes at 32x32x40 nm, with more surface per voxel: likely an underestimate).",
@@ -87,6 +90,16 @@ class Rates:
     read_seconds: dict[int, float]  # layer -> Bigtable graph reads per chunk beyond SQLite's
     pcg_bytes_per_child_byte: float  # PCG's whole-shard task: peak RSS per byte of child shards
     sources: dict[str, str] = field(default_factory=dict)
+    # layer -> the LOD chain's time over full-resolution stitching's (``lod_chain``), when measured
+    lod_over_stitch: dict[int, float] = field(default_factory=dict)
+
+    def lod_ratio(self, layer: int) -> float:
+        """What the LOD chain adds to a layer's stitching time; above the measured layers, the top one's."""
+        if not self.lod_over_stitch:
+            raise SystemExit("cost_model: --lod-chain needs benchmarks/results/lod_chain_full.json "
+                             "(python -m benchmarks.lod_chain)")
+        known = self.lod_over_stitch
+        return known.get(layer, known[max(known)] if layer > max(known) else known[min(known)])
 
     @classmethod
     def from_results(cls, results: Path = RESULTS) -> "Rates":
@@ -119,6 +132,10 @@ class Rates:
         for layer in sorted(int(k) for k in in_tasks):
             sqlite = in_process.get(f"sqlite_layer{layer}", {}).get("ms_per_chunk_mean", 0.0)
             read_seconds[layer] = max(0.0, in_tasks[str(layer)]["graph_read_ms_per_chunk"] - sqlite) / 1000
+        lod_over = {}
+        if (results / "lod_chain_full.json").exists():
+            lod = _load(results, "lod_chain_full")["figures"]["per_layer"]
+            lod_over = {int(k): v["seconds"]["lod_part"] / v["seconds"]["full"] for k, v in lod.items()}
         whole = memory["figures"]["rss_mib"]["whole_shards"]
         pcg = max(whole[str(layer)] * 2**20 / row["child_shard_bytes"] for layer, row in per_layer.items())
         return cls(
@@ -126,7 +143,7 @@ class Rates:
             stitch_seconds_per_byte=seconds / child,
             bytes_per_voxel={layer: b / voxels for layer, b in sorted(totals.items())},
             keep_ratio=keep[top], densest_share=densest, read_seconds=read_seconds,
-            pcg_bytes_per_child_byte=pcg,
+            pcg_bytes_per_child_byte=pcg, lod_over_stitch=lod_over,
             sources={"l2_rate": f"{l2['inputs']['volume']} {shape}, mip {l2['inputs']['mip']}",
                      "stitch_memory": memory["inputs"]["volume"], "bigtable_vs_sqlite": reads["inputs"]["store"]})
 
@@ -232,8 +249,9 @@ def _size(n: float) -> str:
 
 def estimate(info: dict, *, mip: int, rates: Rates, memory_budget: int, highmem_layer: int | None,
              groups: dict[str, NodeGroup], target_hours: float = 48.0, store: str = "bigtable",
-             max_layer: int | None = None, name: str = "") -> Estimate:
-    """The cost of meshing layers 2..``max_layer`` (default the root) of the graph ``info`` describes."""
+             max_layer: int | None = None, name: str = "", lod_chain: bool = False) -> Estimate:
+    """The cost of meshing layers 2..``max_layer`` (default the root) of the graph ``info`` describes
+    (``lod_chain``: with the LOD chain, its measured time over stitching's added to each layer)."""
     import numpy as np
 
     from raymesh.ids import ChunkLayout
@@ -262,10 +280,15 @@ def estimate(info: dict, *, mip: int, rates: Rates, memory_budget: int, highmem_
         else:
             child_total = rates.layer_bytes_per_voxel(layer - 1) * voxels
             densest = child_total / chunks * min(chunks, rates.densest_share)
-            seconds = child_total * rates.stitch_seconds_per_byte + reads
+            seconds = child_total * rates.stitch_seconds_per_byte
+            if lod_chain:
+                seconds *= 1 + rates.lod_ratio(layer)
+            seconds += reads
             request = stitch_request(int(densest), memory_budget)
             parts = stitch_parts(int(densest), memory_budget)
             longest = densest * rates.stitch_seconds_per_byte / parts
+            if lod_chain:
+                longest *= 1 + rates.lod_ratio(layer)
             below = int(np.prod(layout.layer_chunk_bounds(layer - 1)))
             cache = child_total if child_total / below <= stitch_work(memory_budget) // 2 else 0
         costs.append(LayerCost(layer, chunks, seconds / 3600, int(request), parts, int(cache), group,
@@ -310,12 +333,20 @@ def _size_cluster(costs: list[LayerCost], groups: dict[str, NodeGroup], target_h
     first, second = names  # the general group (lower layers), then the highmem one
     best = None
     n = 1
+    share = sum(c.core_hours for c in by_group[first]) / max(1e-9, sum(c.core_hours for c in costs))
     while True:
+        # Past the target already with this many big-memory nodes: the general group still gets its
+        # share of the target, not the impossible rest (which would size it to its asymptote).
         rest = target_hours - hours(second, n)
+        if rest <= 0:
+            rest = target_hours * share
         m = least(first, rest)
         cpu_hours = m * groups[first].cpus * hours(first, m) + n * groups[second].cpus * hours(second, n)
         peak = max(m * groups[first].cpus, n * groups[second].cpus)  # the groups run one after the other
-        key = (hours(first, m) + hours(second, n) > target_hours * 1.0001, peak, cpu_hours)
+        total = hours(first, m) + hours(second, n)
+        over = total > target_hours * 1.0001
+        # out of reach: the quickest (more nodes stop paying off below), else the smallest cluster
+        key = (over, total if over else 0.0, peak, cpu_hours)
         if best is None or key < best[0]:
             best = (key, {first: m, second: n})
         if hours(second, n) <= 1.05 * hours(second, 10**9):
@@ -367,6 +398,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--store", choices=["bigtable", "sqlite"], default="bigtable", help="graph store (default: bigtable)")
     p.add_argument("--max-layer", type=int, help="highest layer meshed (default: the root layer)")
     p.add_argument("--json", action="store_true", help="one JSON line instead of the table")
+    p.add_argument("--lod-chain", action=argparse.BooleanOptionalAction, default=None,
+                   help="with the LOD chain (its time over stitching's from benchmarks/results/lod_chain_full.json; "
+                   "default: the config's lod_chain)")
     args = p.parse_args(argv)
 
     from raymesh.config import load_config
@@ -377,7 +411,8 @@ def main(argv: list[str] | None = None) -> int:
     est = estimate(info, mip=config.mip if args.mip is None else args.mip, rates=rates,
                    memory_budget=config.memory_budget, highmem_layer=config.highmem_layer,
                    groups=node_groups(Path(args.manifest)), target_hours=args.hours, store=args.store,
-                   max_layer=args.max_layer, name=Path(args.graphene_info).stem)
+                   max_layer=args.max_layer, name=Path(args.graphene_info).stem,
+                   lod_chain=config.lod_chain if args.lod_chain is None else args.lod_chain)
     if args.json:
         from benchmarks.common import emit
 

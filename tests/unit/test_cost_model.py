@@ -108,3 +108,14 @@ def test_prediction_matches_a_run_measured_here(real_labels, tmp_path):
     assert all(1 / 3 <= r <= 3 for r in ratio.values()), ratio
     assert 1 / 3 <= l2_bytes / summary.layers[0].bytes_written <= 3
     assert [c.chunks for c in est.layers] == [s.chunks for s in summary.layers]
+
+
+def test_the_lod_chain_adds_its_measured_share_to_every_stitched_layer():
+    rates = Rates.from_results()
+    assert rates.lod_over_stitch, "benchmarks/results/lod_chain_full.json is read"
+    plain, with_lod = _minnie(rates=rates), _minnie(rates=rates, lod_chain=True)
+    for a, b in zip(plain.layers, with_lod.layers):
+        if a.layer == 2:
+            assert b.core_hours == a.core_hours
+        else:  # stitching time times (1 + the LOD ratio), graph reads unchanged: at most that factor
+            assert a.core_hours < b.core_hours <= a.core_hours * (1 + rates.lod_ratio(a.layer)) + 1e-9
