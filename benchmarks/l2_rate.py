@@ -70,7 +70,7 @@ class Breakdown:
 
 
 def instrument() -> Breakdown:
-    import raymesh.runs.job as job_mod
+    import raymesh.runs.layer2 as layer2_mod
     import raymesh.l2 as l2
     import raymesh.storage as storage
 
@@ -81,7 +81,7 @@ def instrument() -> Breakdown:
                        ("seam_patches", "caps and patches"), ("corner_patches", "caps and patches"),
                        ("_with_caps", "caps and patches"), ("_with_patches", "caps and patches")):
         b.wrap(l2, name, part)
-    b.wrap(job_mod, "synthesize_shard", "shard write")
+    b.wrap(layer2_mod, "synthesize_shard", "shard write")
     b.wrap(storage.Bucket, "write", "shard write")
     return b
 
