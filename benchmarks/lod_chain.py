@@ -20,8 +20,10 @@ with it (``initial/`` byte-identical, checked, plus ``lod/``). Figures per layer
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -89,7 +91,6 @@ def layer_triangles(job, layer: int, lod: bool) -> int:
 def quality(graph: str, mesh_dir: str, roots_wanted: int, sv_volume) -> dict:
     """Per LOD, for the roots with the most layer-2 cells: distances to the layer-2 surface (max
     over roots of the sampled maxima, both ways) against the budget, and interior objects closed."""
-    import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from stitch_checks import interior_roots
@@ -133,7 +134,8 @@ def quality(graph: str, mesh_dir: str, roots_wanted: int, sv_volume) -> dict:
                 entry["closed"] += int(not (edge_use(f) == 1).any())
                 entry["nonmanifold_roots"] = entry.get("nonmanifold_roots", 0) + int((edge_use(f) > 2).any())
             if lod and len(f) and len(whole[0][1]):
-                dev = surface_deviation((v, f), whole[0], samples=20000, seed=lod)
+                dev = surface_deviation((v, f), whole[0], samples=10000, seed=lod,
+                                        refine_above=entry["budget_nm"] / 2)
                 entry["a_to_b_max"] = max(entry["a_to_b_max"], round(dev["a_to_b_max"], 2))
                 entry["b_to_a_max"] = max(entry["b_to_a_max"], round(dev["b_to_a_max"], 2))
                 entry["a_to_b_p99_max"] = max(entry["a_to_b_p99_max"], round(dev["a_to_b_p99"], 2))
@@ -196,6 +198,7 @@ def main() -> None:
                               "lod": measure_lod(lod_job.config, layer, coords)},
             }
             per_layer[str(layer)]["task_peak"]["full"].pop("shard", None)
+            print(json.dumps({"layer": layer, **per_layer[str(layer)]}), file=sys.stderr, flush=True)
         growth = {}
         for mode in ("full", "lod"):
             growth[mode] = {str(layer): round(per_layer[str(layer)]["task_peak"][mode]["rss_mib"]
