@@ -26,7 +26,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     from raymesh.builder import build_graph
-    from raymesh.cli_mesh import parse_layers
+    from raymesh.config import layers_flag as parse_layers
     from raymesh.config import MeshConfig
     from raymesh.driver import run
     from raymesh.executors import SerialExecutor

@@ -5,18 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from raymesh.errors import ConfigError
-
-
-def parse_layers(text: str, flag: str = "--layers") -> list[int]:
-    """``2`` -> [2]; ``2-7`` -> [2..7]; ``2,3,4`` -> [2, 3, 4]; a clear error otherwise."""
-    from raymesh.config import parse_layers as parse
-
-    try:
-        return parse(text)
-    except ValueError as exc:
-        raise ConfigError(f"{flag} {text}: {exc}") from None
-
 
 def _default(name: str):
     from raymesh.config import MeshConfig

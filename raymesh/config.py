@@ -162,6 +162,14 @@ def parse_triple(text: str) -> list[int]:
         raise ValueError(f"{text!r} is not three integers (x y z)") from None
 
 
+def layers_flag(text: str, flag: str = "--layers") -> list[int]:
+    """``parse_layers`` for a command-line flag: a ``ConfigError`` naming the flag."""
+    try:
+        return parse_layers(text)
+    except ValueError as exc:
+        raise ConfigError(f"{flag} {text}: {exc}") from None
+
+
 def parse_layers(text) -> list[int]:
     """What ``--layers`` and ``layers:`` take: ``5``; a range ``2-7``; a list ``2,3,5`` (items may
     be ranges: ``2-4,6``). Raises ValueError saying what is wrong and how to write it instead."""

@@ -38,7 +38,7 @@ def add_verify_command(sub) -> None:
 
 
 def cmd_verify(args) -> int:
-    from raymesh.cli_mesh import parse_layers
+    from raymesh.config import layers_flag as parse_layers
     from raymesh.config import load_config
     from raymesh.driver import make_executor
     from raymesh.runs.job import MeshJob
