@@ -319,14 +319,18 @@ class MeshJob(Layer2Chunks, StitchChunks, LodChunks):
                 raise ConfigError(
                     f"the mesh dir {self.mesh_url} holds meshes made otherwise; this run asks for "
                     + "; ".join(clashes) + f". Mesh into another --mesh-dir, or delete {self.mesh_url} to start over")
+            # A dir with the LOD chain keeps it current (a rerun or repair redoing a chunk without it
+            # would leave that chunk's LOD shard stale), unless this run says --no-lod-chain.
+            lod_chain = self.config.lod_chain if "lod_chain" in given else (record.lod_chain or self.config.lod_chain)
+            record.lod_chain = record.lod_chain or lod_chain
             self.config = self.config.model_copy(update={"mip": record.mip, "max_error": record.max_error,
-                                                         "time_stamp": record.time_stamp})
+                                                         "time_stamp": record.time_stamp, "lod_chain": lod_chain})
             self.time_stamp = to_datetime(record.time_stamp)
             for name in ("mip", "grid"):
                 self.__dict__.pop(name, None)
         else:
             record = RunRecord(time_stamp=self.time_stamp.timestamp(), mip=self.mip,
-                               max_error=float(self.config.max_error))
+                               max_error=float(self.config.max_error), lod_chain=bool(self.config.lod_chain))
         self.record = record
         return record
 

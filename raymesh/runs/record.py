@@ -2,7 +2,7 @@
 
 ``<mesh dir>/raymesh_run.json`` is written before the first chunk of the first run into a mesh
 directory. It pins the graph state (time stamp) and the settings that decide the bytes (mip,
-max_error), so a run interrupted, resumed, rerun on part of the dataset or run layer by layer
+max_error), and says whether the dir holds the LOD chain, so a run interrupted, resumed, rerun on part of the dataset or run layer by layer
 meshes the same graph the same way, and it keeps the highest layer completed. Its fields only
 move forward: ``max_layer`` never goes down and the time stamp never changes.
 """
@@ -25,6 +25,9 @@ class RunRecord:
     mip: int
     max_error: float
     max_layer: int = 0  # highest layer a run completed without failures (0: none yet)
+    # The mesh dir holds the LOD chain (lod/): later runs keep it up to date unless told not to.
+    # Like max_layer it only moves forward.
+    lod_chain: bool = False
 
     @property
     def initial_ts(self) -> float:
@@ -33,14 +36,18 @@ class RunRecord:
         return read_ms(self.time_stamp) / 1000 + 0.001
 
     def to_bytes(self) -> bytes:
-        return json.dumps(asdict(self), indent=1, sort_keys=True).encode()
+        fields = asdict(self)
+        if not fields["lod_chain"]:
+            del fields["lod_chain"]  # records of mesh dirs without the chain read as they always did
+        return json.dumps(fields, indent=1, sort_keys=True).encode()
 
     @classmethod
     def from_bytes(cls, data: bytes, where: str) -> "RunRecord":
         try:
             raw = json.loads(data)
             return cls(time_stamp=float(raw["time_stamp"]), mip=int(raw["mip"]),
-                       max_error=float(raw["max_error"]), max_layer=int(raw.get("max_layer", 0)))
+                       max_error=float(raw["max_error"]), max_layer=int(raw.get("max_layer", 0)),
+                       lod_chain=bool(raw.get("lod_chain", False)))
         except (ValueError, KeyError, TypeError) as exc:
             raise RecordError(f"the run record {where} is unreadable ({exc}); restore it or delete it "
                               "(the next run then starts the mesh dir's record afresh)") from exc

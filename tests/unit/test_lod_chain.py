@@ -5,6 +5,7 @@ and by CloudVolume's multi-LOD reader, sharded and unsharded."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
@@ -274,3 +275,23 @@ def test_a_node_smaller_than_the_error_keeps_its_mesh():
     f = np.array([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]])
     out_v, out_f = bounded_collapse(v, f, np.zeros(4, bool), 100.0)
     assert len(out_f) == 4 and len(out_v) == 4
+
+
+def test_a_dir_with_the_chain_keeps_it_on_a_plain_rerun(meshed):
+    """The run record says the mesh dir holds the chain: a rerun (or a repair) that does not mention
+    it still writes it, so no chunk redone leaves a stale LOD shard; --no-lod-chain still wins."""
+    graph, jobs = meshed
+    folder = mesh_folder(jobs["again"][0])
+    layout = jobs["again"][0].meta.layout
+    key = lod_key(layout, 4, int(layout.chunk_id(4, 0, 0, 0)))
+    before = open(os.path.join(folder, key), "rb").read()
+    assert json.loads(open(os.path.join(folder, "raymesh_run.json")).read())["lod_chain"] is True
+    plain = MeshConfig(graph=graph, layers=[2, 3, 4], executor="serial", mesh_dir="again", graph_meta="skip")
+    assert plain.lod_chain is False  # the default
+    os.remove(os.path.join(folder, key))
+    summary = run(plain.model_copy(update={"lod_chain": False}), progress=False)  # told not to: no LOD shard
+    assert not summary.failed and not os.path.exists(os.path.join(folder, key))
+    summary = run(plain, progress=False)
+    assert not summary.failed and open(os.path.join(folder, key), "rb").read() == before
+    # a dir meshed without the chain records nothing of it
+    assert "lod_chain" not in json.loads(open(os.path.join(mesh_folder(jobs["plain"][0]), "raymesh_run.json")).read())
