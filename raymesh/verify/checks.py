@@ -75,13 +75,14 @@ class RootCheck:
 
 # ---- one chunk ----------------------------------------------------------------------------------
 
-def expected_nodes(job, layer: int, coords) -> tuple[set[int], set[int]]:
+def expected_nodes(job, layer: int, coords, plan=None) -> tuple[set[int], set[int]]:
     """``(must, may)``: nodes that must have a mesh in the chunk's shard, and all that may.
 
     Layer 2: the chunk's nodes whose remapped labels meet another label inside the chunk's block
     (marching cubes finds a surface there) must; every node of the chunk may (caps mesh a node
     whose surface lies on the plane below). Above: the multi-child nodes stitching does not leave
-    to their children (``stitch.node_inputs``, the same decision from the minishard indices).
+    to their children (``stitch.node_inputs``, the same decision from the minishard indices);
+    ``plan``: the chunk's ``stitch.plan_chunk``, when the caller has it.
     """
     layout = job.meta.layout
     if layer == 2:
@@ -95,9 +96,9 @@ def expected_nodes(job, layer: int, coords) -> tuple[set[int], set[int]]:
                              dust_threshold=job.config.dust_threshold)
         own = set(hood.own)
         return {int(n) for n in surface_labels(labels) if int(n) in own}, own
-    from raymesh.stitch import node_inputs, plan_chunk
+    from raymesh.stitch import node_inputs
 
-    plan = plan_chunk(job.store, layer, int(layout.chunk_id(layer, *coords)), job.time_stamp)
+    plan = plan or chunk_plan(job, layer, coords)
     reader = job.fragment_reader()
     must = set()
     for node in plan.descendants:
@@ -161,6 +162,16 @@ def sound_values(out: ChunkCheck, key: str, data: bytes, spec) -> dict[int, byte
         return None
 
 
+def decoded(out: ChunkCheck, values: dict[int, bytes], what: str = ""):
+    """``(node, fragment)`` for each value in node order; one that does not decode is an
+    ``undecodable`` problem and is left out."""
+    for node in sorted(values):
+        try:
+            yield node, decode(values[node])
+        except DracoError as exc:
+            out.problem("undecodable", f"node {node}{what}: {exc}", node)
+
+
 def check_chunk(job, item) -> ChunkCheck:
     """Coverage and soundness of one chunk's shard (``item``: ``(layer, coords)``)."""
     layer, coords = item
@@ -173,10 +184,11 @@ def check_chunk(job, item) -> ChunkCheck:
         from raymesh.runs.job import _failures_in
 
         out.problem("failed_chunk", "its last run failed: " + "; ".join(_failures_in(record)))
-    must, may = expected_nodes(job, layer, coords)
+    plan = chunk_plan(job, layer, coords) if layer > 2 else None
+    must, may = expected_nodes(job, layer, coords, plan)
     out.expected = len(must)
-    if layer > 2 and has_lod_chain(job):
-        check_lod(job, out, layer, coords)
+    if layer > 2:
+        check_lod(job, out, layer, coords, plan)
     key = job.shard_path(layer, coords)
     data = job.bucket.read(key)
     if data is None:
@@ -194,12 +206,7 @@ def check_chunk(job, item) -> ChunkCheck:
     settings = expected_settings(job.grid, layer, chunk_id)
     lo, hi = chunk_bounds(job, layer, chunk_id, settings)
     planes = internal_planes(job.grid, chunk_id) if layer > 2 else None
-    for node in sorted(values):
-        try:
-            frag = decode(values[node])
-        except DracoError as exc:
-            out.problem("undecodable", f"node {node}: {exc}", node)
-            continue
+    for node, frag in decoded(out, values):
         if frag.settings != settings:
             out.problem("wrong_grid", f"node {node}: encoded with {frag.settings}, its chunk's grid is {settings}", node)
         if len(frag.vertices) and (np.any(frag.vertices < lo) or np.any(frag.vertices > hi)):
@@ -213,19 +220,24 @@ def check_chunk(job, item) -> ChunkCheck:
     return out
 
 
+def chunk_plan(job, layer: int, coords):
+    """The chunk's stitching plan (its graph reads), shared by the checks of its two shards."""
+    from raymesh.stitch import plan_chunk
+
+    return plan_chunk(job.store, layer, int(job.meta.layout.chunk_id(layer, *coords)), job.time_stamp)
+
+
 def has_lod_chain(job) -> bool:
-    """Whether the mesh dir was meshed with the LOD chain (some ``lod/`` shard exists); asked once."""
+    """Whether the mesh dir was meshed with the LOD chain (some ``lod/`` shard exists): asked once
+    per job, and only where a chunk has no LOD shard (a listing of ``lod/`` is long where it does)."""
     if "_has_lod_chain" not in job.__dict__:
         job.__dict__["_has_lod_chain"] = bool(job.bucket.list("lod/"))
     return job.__dict__["_has_lod_chain"]
 
 
-def lod_expected(job, layer: int, coords) -> set[int]:
-    """Nodes that must have a LOD-chain mesh: every node stitching plans, over the node limit or
-    not, with at least one descendant that has a mesh in the chain."""
-    from raymesh.stitch import plan_chunk
-
-    plan = plan_chunk(job.store, layer, int(job.meta.layout.chunk_id(layer, *coords)), job.time_stamp)
+def lod_expected(job, plan) -> set[int]:
+    """Nodes of the chunk's ``plan`` that must have a LOD-chain mesh: every node stitching plans,
+    over the node limit or not, with at least one descendant that has a mesh in the chain."""
     reader = job.lod_reader()
     out = set()
     for node, descendants in plan.descendants.items():
@@ -240,15 +252,17 @@ def lod_expected(job, layer: int, coords) -> set[int]:
     return out
 
 
-def check_lod(job, out: ChunkCheck, layer: int, coords) -> None:
-    """The chunk's LOD-chain shard: sound, a mesh for every node that must have one, each decoding
-    and not crossing its chunk's mid-planes."""
+def check_lod(job, out: ChunkCheck, layer: int, coords, plan) -> None:
+    """The chunk's LOD-chain shard, where the mesh dir has the chain: sound, a mesh for every node
+    that must have one, each decoding and not crossing its chunk's mid-planes."""
     from raymesh.lod.geometry import crossing_faces
     from raymesh.stitch import seam_planes
 
-    must = lod_expected(job, layer, coords)
     key = job.lod_path(layer, coords)
     data = job.bucket.read(key)
+    if data is None and not has_lod_chain(job):
+        return
+    must = lod_expected(job, plan)
     if data is None:
         if must:
             out.problem("missing_lod", f"no LOD shard {key}; {len(must)} nodes should have LOD meshes in it")
@@ -259,12 +273,7 @@ def check_lod(job, out: ChunkCheck, layer: int, coords) -> None:
     for node in sorted(must - set(values)):
         out.problem("missing_lod", f"node {node} has no LOD mesh in {key}", node)
     planes = seam_planes(job.grid, int(job.meta.layout.chunk_id(layer, *coords)))
-    for node in sorted(values):
-        try:
-            frag = decode(values[node])
-        except DracoError as exc:
-            out.problem("undecodable", f"node {node} (LOD): {exc}", node)
-            continue
+    for node, frag in decoded(out, values, " (LOD)"):
         crossing = int(crossing_faces(frag.vertices, frag.faces, planes).sum())
         if crossing:
             out.problem("lod_crosses_grid", f"node {node}: {crossing} LOD triangle(s) cross the mid-planes "
