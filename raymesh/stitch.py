@@ -219,15 +219,16 @@ def seam_planes(grid: MeshGrid, chunk_id: int) -> np.ndarray:
     return origin + s.bin * np.floor((grid.chunk_offset(corner) - origin) / s.bin + 0.5)
 
 
-def merge_across_boundaries(parts: list[tuple[np.ndarray, np.ndarray]], planes: np.ndarray
-                            ) -> tuple[np.ndarray, np.ndarray]:
+def merge_across_boundaries(parts: list[tuple[np.ndarray, np.ndarray]], planes: np.ndarray,
+                            return_off: bool = False):
     """Concatenate fragments and merge vertices lying exactly on a mid-plane (7.5 steps 1-5).
 
     Vertices off the planes keep their order; on-plane vertices are deduplicated by exact position
     (lexicographically sorted) and appended after them. This is a stitching task's largest
     allocation (a node's whole mesh decoded), so ``parts`` is emptied once concatenated (the
     caller's list: its arrays are freed before the merge allocates more), and faces are int32,
-    offset in place (Draco's indices are 32-bit anyway).
+    offset in place (Draco's indices are 32-bit anyway). ``return_off``: also the off-plane
+    vertices' indices in the concatenation, in their merged order (the merged mesh's first ones).
     """
     vertices = np.concatenate([v for v, _ in parts]).astype(np.float64, copy=False)
     faces = np.empty((sum(len(f) for _, f in parts), 3), dtype=np.int32)
@@ -239,7 +240,7 @@ def merge_across_boundaries(parts: list[tuple[np.ndarray, np.ndarray]], planes: 
         at, offset = at + len(f), offset + len(v)
     parts.clear()
     if not len(vertices):
-        return vertices, faces
+        return (vertices, faces, np.zeros(0, dtype=np.int64)) if return_off else (vertices, faces)
     aligned = (vertices[:, 0] == planes[0]) | (vertices[:, 1] == planes[1]) | (vertices[:, 2] == planes[2])
     off = np.flatnonzero(~aligned)
     on = np.flatnonzero(aligned)
@@ -252,7 +253,8 @@ def merge_across_boundaries(parts: list[tuple[np.ndarray, np.ndarray]], planes: 
     np.take(vertices, off, axis=0, out=merged[:len(off)], mode="clip")  # "raise" buffers a copy
     merged[len(off):] = uniq
     del vertices, uniq, inverse
-    return merged, new_index[faces]  # np.take would widen the int32 indices to a 64-bit copy
+    faces = new_index[faces]  # np.take would widen the int32 indices to a 64-bit copy
+    return (merged, faces, off) if return_off else (merged, faces)
 
 
 def stitch_node(grid: MeshGrid, chunk_id: int, node: int, fragments: list[tuple[int, bytes]]) -> bytes:

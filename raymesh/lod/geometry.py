@@ -108,16 +108,11 @@ def simplify_node(grid: MeshGrid, chunk_id: int, pieces: list[tuple[int, np.ndar
         input_faces += len(faces)
     if settings is None:
         raise DracoError("no descendant has a mesh")
-    lock = np.concatenate(locks)
-    stacked = np.concatenate([v for v, _ in parts])
-    on_plane = (stacked == planes).any(axis=1)
-    # merge_across_boundaries keeps off-plane vertices in order, then appends the deduplicated
-    # on-plane ones (all locked).
-    off_lock = lock[~on_plane]
-    del stacked, lock
-    vertices, faces = merge_across_boundaries(parts, planes)
+    # The merged mesh starts with the off-plane vertices, in order; the deduplicated on-plane
+    # ones after them are all locked.
+    vertices, faces, off = merge_across_boundaries(parts, planes, return_off=True)
     merged_lock = np.ones(len(vertices), dtype=bool)
-    merged_lock[:len(off_lock)] = off_lock
+    merged_lock[:len(off)] = np.concatenate(locks)[off]
     vertices, faces = bounded_collapse(vertices, faces, merged_lock, error)
     return LodMesh(vertices, faces, input_faces), settings
 
