@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import emit, real_labels_or_exit
-from benchmarks.stitch_memory import _mib, _peaks, measure
+from benchmarks.stitch_memory import _mib, _peaks, biggest_chunk, measure
 
 
 def _lod_in_fresh_process(config_json: str, layer: int, coords, out) -> None:
@@ -59,18 +59,9 @@ def measure_lod(config, layer: int, coords) -> dict:
 
 def heaviest_lod_chunk(job, layer: int):
     """The chunk of ``layer`` whose LOD inputs (LOD shards below, layer-2 shards for layer 3) are biggest."""
-    from raymesh.formats.mesh_layout import lod_key, shard_key
+    from raymesh.formats.mesh_layout import lod_chain_key
 
-    layout = job.meta.layout
-    sizes = {}
-    for _, coords in job.iter_chunks(layer):
-        total = 0
-        for child in layout.children_chunk_ids(int(layout.chunk_id(layer, *coords))):
-            key = (shard_key if layer == 3 else lod_key)(layout, layer - 1, int(child))
-            data = job.bucket.read(key)
-            total += len(data) if data else 0
-        sizes[coords] = total
-    return max(sizes, key=sizes.get), max(sizes.values())
+    return biggest_chunk(job, layer, lod_chain_key)
 
 
 def layer_triangles(job, layer: int, lod: bool) -> int:

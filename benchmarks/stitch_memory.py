@@ -149,16 +149,18 @@ def measure(config, layer: int, coords, whole: bool, split: bool = False) -> dic
     return result
 
 
-def biggest_chunk(job, layer: int):
-    """The chunk of ``layer`` whose children's shards hold the most bytes."""
+def biggest_chunk(job, layer: int, key_of=None):
+    """The chunk of ``layer`` whose children's shards hold the most bytes (``key_of(layout, layer,
+    chunk)``: where a child's shard is; default its ``initial/`` shard)."""
     from raymesh.formats.mesh_layout import shard_key
 
+    key_of = key_of or shard_key
     layout = job.meta.layout
     sizes = {}
     for _, coords in job.iter_chunks(layer):
         total = 0
         for child in layout.children_chunk_ids(int(layout.chunk_id(layer, *coords))):
-            data = job.bucket.read(shard_key(layout, layer - 1, int(child)))
+            data = job.bucket.read(key_of(layout, layer - 1, int(child)))
             total += len(data) if data else 0
         sizes[coords] = total
     return max(sizes, key=sizes.get), max(sizes.values())

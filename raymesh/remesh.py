@@ -27,7 +27,7 @@ import numpy as np
 
 from raymesh.errors import ConfigError, MeshingError
 from raymesh.graph.base import GraphError, read_ms, to_datetime
-from raymesh.formats.mesh_layout import DYNAMIC, LOD_DYNAMIC, dynamic_name, lod_key
+from raymesh.formats.mesh_layout import DYNAMIC, dynamic_name, lod_dynamic_key, lod_key
 
 
 @dataclass
@@ -141,9 +141,7 @@ class Remesher:
     def lod_key(self, node: int) -> str:
         """Where a new node's LOD-chain mesh goes (layer 2: its fragment is its LOD)."""
         meta = self.job.meta
-        if meta.layout.get_chunk_layer(node) == 2:
-            return self.key(node)
-        return f"{LOD_DYNAMIC}/{dynamic_name(meta.layout, meta.chunk_size, node)}"
+        return lod_dynamic_key(meta.layout, meta.chunk_size, node)
 
     def mesh_group(self, item: tuple[int, int, list[int]]) -> dict:
         """One chunk's new nodes: mesh (layer 2) or stitch (above), write each to dynamic/."""

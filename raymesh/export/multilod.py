@@ -26,7 +26,7 @@ import numpy as np
 
 from raymesh.errors import ConfigError, MeshingError
 from raymesh.formats import multilod
-from raymesh.formats.mesh_layout import lod_key, shard_key
+from raymesh.formats.mesh_layout import lod_chain_key, lod_dynamic_key, lod_key
 from raymesh.formats.sharding import ShardingSpec, compute_shard_params_for_hashed
 from raymesh.lod.geometry import onto_own_side
 from raymesh.stitch import seam_planes
@@ -102,10 +102,7 @@ class MultilodBuilder:
         """A node's LOD-chain mesh: for a node an edit made (after the initial meshes), the file
         remeshing wrote (``dynamic/`` at layer 2, ``lod_dynamic/`` above); else from the shards."""
         if self._new.get(node):
-            from raymesh.formats.mesh_layout import DYNAMIC, LOD_DYNAMIC, dynamic_name
-
-            where = DYNAMIC if self.layout.get_chunk_layer(node) == 2 else LOD_DYNAMIC
-            return self.job.bucket.read(f"{where}/{dynamic_name(self.layout, self.meshes.meta.chunk_size, node)}")
+            return self.job.bucket.read(lod_dynamic_key(self.layout, self.meshes.meta.chunk_size, node))
         return self.reader.read(node)
 
     def _mesh(self, node: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -123,7 +120,7 @@ class MultilodBuilder:
         try:
             frag = decode(data)
         except DracoError as exc:
-            key = (shard_key if layer == 2 else lod_key)(self.layout, layer, int(self.layout.get_chunk_id(node)))
+            key = lod_chain_key(self.layout, layer, int(self.layout.get_chunk_id(node)))
             raise MeshingError(f"the mesh of node {node} in {key} does not decode ({exc}); redo that chunk") from exc
         return frag.vertices, frag.faces.astype(np.int64)
 
@@ -201,7 +198,6 @@ class MultilodBuilder:
         for lod, frags in enumerate(lods):
             pos, sz, n_faces = [], [], 0
             for frag in frags:
-                origin, size = self.cell_box(lod, frag.position)
                 q = self.quantized(frag.vertices, lod, frag.position)
                 kept = multilod.drop_degenerate(q, frag.faces)
                 data = multilod.encode_fragment(q, kept, BITS)

@@ -53,6 +53,19 @@ def lod_key(layout, layer: int, chunk_id: int) -> str:
     return f"{LOD}/{int(layer)}/{int(layout.chunk_position_number(chunk_id))}-0.shard"
 
 
+def lod_chain_key(layout, layer: int, chunk_id: int) -> str:
+    """Where a chunk's meshes of the LOD chain are: ``initial/`` at layer 2 (its fragments are the
+    chain's first level), ``lod/`` above."""
+    return shard_key(layout, layer, chunk_id) if int(layer) == 2 else lod_key(layout, layer, chunk_id)
+
+
+def lod_dynamic_key(layout, chunk_size, node_id: int) -> str:
+    """Where remeshing puts the LOD-chain mesh of a node an edit made: ``dynamic/`` at layer 2 (its
+    fragment is its LOD), ``lod_dynamic/`` above."""
+    where = DYNAMIC if int(layout.get_chunk_layer(node_id)) == 2 else LOD_DYNAMIC
+    return f"{where}/{dynamic_name(layout, chunk_size, node_id)}"
+
+
 def failed_key(layout, layer: int, chunk_id: int) -> str:
     """Path of a chunk's failure record below the mesh directory (present only while it failed)."""
     return f"{FAILED}/{int(layer)}/{int(layout.chunk_position_number(chunk_id))}.json"

@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING
 
 from raymesh.errors import MeshingError
-from raymesh.formats.mesh_layout import lod_key, shard_key
+from raymesh.formats.mesh_layout import lod_chain_key, lod_key
 from raymesh.formats.sharding import ShardError, check_shard
 from raymesh.storage import RangeError
 
@@ -64,19 +64,16 @@ class LodChunks:
         from raymesh.stitch import FragmentReader, WholeShardReader
 
         layout = self.meta.layout
-
-        def key_of(layout, layer: int, chunk: int) -> str:
-            return shard_key(layout, layer, chunk) if layer == 2 else lod_key(layout, layer, chunk)
-
         if whole_shards:
-            return WholeShardReader(layout, self.sharding, lambda layer, chunk: self.bucket.read(key_of(layout, layer, chunk)),
-                                    key_of)
+            return WholeShardReader(layout, self.sharding,
+                                    lambda layer, chunk: self.bucket.read(lod_chain_key(layout, layer, chunk)),
+                                    lod_chain_key)
 
         def open_shard(layer: int, chunk: int):
-            key = key_of(layout, layer, chunk)
+            key = lod_chain_key(layout, layer, chunk)
             return lambda start, stop: self.bucket.read_range(key, start, stop)
 
-        return FragmentReader(layout, self.sharding, open_shard, key_of)
+        return FragmentReader(layout, self.sharding, open_shard, lod_chain_key)
 
     def lod_chunk(self, layer: int, coords, plan: "StitchPlan | None" = None, stats: "ChunkStats | None" = None
                   ) -> "ChunkStats":
