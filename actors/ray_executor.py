@@ -227,12 +227,14 @@ class RayExecutor:
         ``MIN_WINDOW``."""
         if self._fixed_window:
             return self._fixed_window
-        now = time.monotonic()
-        if now - self._window_at >= WINDOW_REFRESH_S:
-            self._refresh_cluster_size(now)
+        self._refresh_cluster_size()
         return self._window
 
-    def _refresh_cluster_size(self, now: float) -> None:
+    def _refresh_cluster_size(self) -> None:
+        """The window and the object store from the cluster's resources, at most every few seconds."""
+        now = time.monotonic()
+        if now - self._window_at < WINDOW_REFRESH_S:
+            return
         self._window_at = now
         resources = ray.cluster_resources()
         self._window = max(MIN_WINDOW, 4 * int(resources.get("CPU", 0)))
@@ -243,9 +245,7 @@ class RayExecutor:
         else half the cluster's object store as it is now (it grows as an autoscaler adds nodes)."""
         if job.config.shard_cache_bytes:
             return job.config.shard_cache_bytes
-        now = time.monotonic()
-        if now - self._window_at >= WINDOW_REFRESH_S:
-            self._refresh_cluster_size(now)
+        self._refresh_cluster_size()
         return self._store_bytes // 2
 
     # ---- generic ----------------------------------------------------------------------------
