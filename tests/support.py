@@ -183,4 +183,11 @@ def meshed_with_a_merge(synthetic, folder) -> str:
     merge(store, int(svs[0]), int(svs[roots != roots[0]][0]), t0 + dt.timedelta(minutes=1))
     remesher = remesher_for(g.store_url)
     remesher.run(remesher.nodes_since(None))
+    # The jobs, readers and stores made here hold SQLite connections in reference cycles; closing
+    # them now (a connection's close checkpoints and removes graph.sqlite-wal) keeps a later
+    # collection from pulling the WAL file out from under a test copying the folder.
+    del remesher, store
+    import gc
+
+    gc.collect()
     return g.store_url
