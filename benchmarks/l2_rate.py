@@ -5,7 +5,9 @@
 End to end = segmentation read + graph remap + zmesh + Draco + shard write, through the job's task
 body in this process (one core), every geometry rule on (caps, seam patches, corner columns).
 Kernel = zmesh + Draco on the same already-remapped blocks, no I/O, no graph. The figure is the
-ratio of their voxel rates (target >= 0.9), median of repeats. ``breakdown`` splits the end-to-end
+ratio of their voxel rates (target >= 0.9), median of repeats. The two are timed in pairs, chunk by
+chunk, the order alternating (this machine's speed drifts by 20% within a minute, so two whole
+passes one after the other would compare two machines); each repeat's sums are printed. ``breakdown`` splits the end-to-end
 time (last repeat) by where it went, each part exclusive of the parts it calls: zmesh
 (marching cubes and simplification, the chunk's own and its caps'), Draco encoding, remapping,
 segmentation reads, graph reads, caps and patches (their own work beside zmesh), shard write, other.
@@ -14,6 +16,7 @@ segmentation reads, graph reads, caps and patches (their own work beside zmesh),
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import tempfile
 import time
@@ -29,6 +32,16 @@ class Breakdown:
     def __init__(self):
         self.seconds: dict[str, float] = {}
         self._stack: list[list[float]] = []
+        self._paused = 0
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Time nothing inside (the kernel calls the same wrapped functions)."""
+        self._paused += 1
+        try:
+            yield
+        finally:
+            self._paused -= 1
 
     def wrap(self, module, name: str, part: str) -> None:
         import functools
@@ -59,6 +72,8 @@ class Breakdown:
 
         @functools.wraps(inner)
         def timed(*args, **kwargs):
+            if self._paused:
+                return inner(*args, **kwargs)
             enter()
             try:
                 result = inner(*args, **kwargs)
@@ -109,17 +124,24 @@ def main() -> None:
         e2e, kernel = [], []
         breakdown = instrument()
         for _ in range(args.repeats):
+            # Paired, chunk by chunk, in alternating order: this machine's speed drifts by 20%
+            # within a minute, so two whole passes one after the other compare two machines.
             breakdown.seconds.clear()
-            t0 = time.perf_counter()
-            for c in chunks:
-                job.run_chunk((2, c))
-            e2e.append(time.perf_counter() - t0)
+            e2e_s = kernel_s = 0.0
+            for i, c in enumerate(chunks):
+                for side in ((0, 1) if i % 2 == 0 else (1, 0)):
+                    t0 = time.perf_counter()
+                    if side == 0:
+                        job.run_chunk((2, c))
+                        e2e_s += time.perf_counter() - t0
+                    else:
+                        cid = int(grid.layout.chunk_id(2, *c))
+                        with breakdown.paused():
+                            mesh_block(blocks[c], grid.chunk_offset(cid), grid.resolution, grid.chunk_settings(cid))
+                        kernel_s += time.perf_counter() - t0
+            e2e.append(e2e_s)
+            kernel.append(kernel_s)
             parts = dict(breakdown.seconds)
-            t0 = time.perf_counter()
-            for c, block in blocks.items():
-                cid = int(grid.layout.chunk_id(2, *c))
-                mesh_block(block, grid.chunk_offset(cid), grid.resolution, grid.chunk_settings(cid))
-            kernel.append(time.perf_counter() - t0)
     e2e_s, kernel_s = statistics.median(e2e), statistics.median(kernel)
     parts["other"] = e2e[-1] - sum(parts.values())
     emit("l2_rate", {
@@ -127,6 +149,7 @@ def main() -> None:
         "end_to_end_mvox_per_s": round(voxels / e2e_s / 1e6, 3),
         "kernel_mvox_per_s": round(voxels / kernel_s / 1e6, 3),
         "end_to_end_over_kernel_rate": round(kernel_s / e2e_s, 3),
+        "end_to_end_repeats": [round(x, 2) for x in e2e], "kernel_repeats": [round(x, 2) for x in kernel],
         "breakdown_seconds": {k: round(v, 2) for k, v in sorted(parts.items(), key=lambda kv: -kv[1])},
     }, {"volume": "connectomics.npy.ckl.gz", "shape": list(labels.shape), "chunk_size": [64, 64, 64],
         "mip": 0, "resolution": [8, 8, 40], "chunks": len(chunks), "repeats": args.repeats,

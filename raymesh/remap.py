@@ -56,7 +56,7 @@ def latest_l2_nodes(rows: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
         if not len(kids) or int(kids[0]) in claimed:
             continue
         kept[node] = kids
-        claimed.update(int(k) for k in kids)
+        claimed.update(kids.tolist())
     return kept
 
 
@@ -206,19 +206,33 @@ def resolve_placeholders(seg: np.ndarray, unsafe: dict[int, list[int]],
         mask = seg == np.uint64(a)
         if not mask.any():
             continue
-        comps = cc3d.connected_components(mask, connectivity=6)
-        allowed = np.asarray(sorted(candidates), dtype=np.uint64)
-        for c in range(1, int(comps.max()) + 1):
-            comp = comps == c
-            behind = [np.empty(0, np.uint64)]
-            for axis in range(3):
-                if seg.shape[axis] > 1:  # labels just inside the last plane, where C touches it
-                    last = np.take(comp, -1, axis=axis)
-                    behind.append(np.take(seg, -2, axis=axis)[last])
-            behind = np.concatenate(behind)
-            hits = np.intersect1d(np.unique(behind), allowed)
-            seg[comp] = hits[0] if len(hits) else fallback.get(a, 0)
+        # Placeholders lie in the overlap (the last planes): work on the block from one plane
+        # before the mask's lowest voxel on each axis to the end, so "last plane" and "just inside
+        # it" keep their meaning and the component loop touches a sliver instead of the block.
+        low = tuple(max(int(np.argmax(mask.any(axis=tuple(b for b in range(3) if b != axis)))) - 1, 0)
+                    for axis in range(3))
+        if any(low):
+            mask = mask[low[0]:, low[1]:, low[2]:]
+            seg_view = seg[low[0]:, low[1]:, low[2]:]
+        else:
+            seg_view = seg
+        _resolve_components(seg_view, mask, np.asarray(sorted(candidates), dtype=np.uint64), fallback.get(a, 0))
     return seg
+
+
+def _resolve_components(seg: np.ndarray, mask: np.ndarray, allowed: np.ndarray, fallback: int) -> None:
+    """``resolve_placeholders`` for one placeholder's voxels ``mask`` (in place on ``seg``)."""
+    comps = cc3d.connected_components(mask, connectivity=6)
+    for c in range(1, int(comps.max()) + 1):
+        comp = comps == c
+        behind = [np.empty(0, np.uint64)]
+        for axis in range(3):
+            if seg.shape[axis] > 1:  # labels just inside the last plane, where C touches it
+                last = np.take(comp, -1, axis=axis)
+                behind.append(np.take(seg, -2, axis=axis)[last])
+        behind = np.concatenate(behind)
+        hits = np.intersect1d(np.unique(behind), allowed)
+        seg[comp] = hits[0] if len(hits) else fallback
 
 
 def remove_dust(seg: np.ndarray, threshold: int) -> np.ndarray:
