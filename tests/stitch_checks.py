@@ -106,9 +106,18 @@ def layer_view(job, root: int, layer: int, read=None, has_mesh=None) -> dict:
             "unmerged": sum(internal_plane_duplicates(job, n, f) for n, f in zip(nodes, frags))}
 
 
+def prefetch(job, roots, layers, read, has_mesh=None) -> None:
+    """Hand a batching reader (``readback.CloudVolumeReader``) every node the roots' manifests at
+    ``layers`` list, so the per-root checks after it read from memory."""
+    if read is not None and hasattr(read, "prefetch"):
+        read.prefetch({n for root in roots for layer in layers
+                       for n in manifest_nodes(job.store, root, layer, has_mesh)})
+
+
 def assert_stitched_like_layer2(job, root: int, layers, read=None, has_mesh=None) -> dict:
     """The fragments of every layer cover the layer-2 surface of ``root``: same faces, and the
     same open and non-manifold edges (stitching closes seams, adds no cracks, hides nothing)."""
+    prefetch(job, [root], [2, *layers], read, has_mesh)
     base = layer_view(job, root, 2, read, has_mesh)
     for layer in layers:
         view = layer_view(job, root, layer, read, has_mesh)
@@ -141,6 +150,7 @@ def closed_interior_objects(job, sv_volume: np.ndarray, read, layer: int, has_me
     opening lies on a layer-2 chunk plane (the only place PCG's layer-2 algorithm leaves one)."""
     store = job.store
     inside = interior_roots(store, sv_volume)
+    prefetch(job, inside, [layer], read, has_mesh)
     closed = 0
     for root in sorted(inside):
         vertices, faces = merged(_loaded(job, root, layer, read, has_mesh)[1])

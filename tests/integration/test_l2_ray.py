@@ -40,16 +40,13 @@ def test_cloudvolume_reads_every_l2_mesh(ray_local, synthetic, tmp_path):
 
 
 @pytest.mark.real_data
-def test_real_crop_layer2(ray_local, real_labels, tmp_path):
-    """A 256x256x128 crop of the real volume: every layer-2 node read back by CloudVolume."""
-    from actors.ray_executor import RayExecutor
+def test_real_crop_layer2(real_crop_meshed):
+    """A 256x256x128 crop of the real volume (the session's, meshed on Ray): every layer-2 node
+    read back by CloudVolume."""
     from l2_checks import assert_matches_direct_zmesh
 
-    crop = np.asfortranarray(real_labels[128:384, 128:384, 192:320])
-    g = build_graph(crop, str(tmp_path), resolution=(8, 8, 40), chunk_size=(64, 64, 64))
-    config = MeshConfig(graph=g.store_url, mip=0)
-    summary = run(config, executor=RayExecutor(), progress=False)
-    layer = summary.layers[0]
+    g, config = real_crop_meshed.graph, real_crop_meshed.config
+    layer = real_crop_meshed.summary.layers[0]
     assert layer.failures == [] and layer.fragments == g.node_counts[2]
     store = open_store(g.store_url)
     ids = all_l2_nodes(store)

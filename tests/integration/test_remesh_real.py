@@ -6,28 +6,23 @@ import os
 import numpy as np
 import pytest
 
-from raymesh.builder import build_graph
 from raymesh.cli_edit import remesher_for
-from raymesh.config import MeshConfig
-from raymesh.driver import run
 from raymesh.edits import merge, split
 from raymesh.runs.job import MeshJob
 from raymesh.volume import read_block
 from readback import cloudvolume_reader
-from stitch_checks import assert_stitched_like_layer2, closed_interior_objects, interior_roots
+from real_crop import CROP_T0 as T0, copy_meshed_crop
+from stitch_checks import assert_stitched_like_layer2, closed_interior_objects, interior_roots, prefetch
 from support import file_tree
-
-T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 
 
 @pytest.mark.real_data
-def test_merge_and_split_on_the_real_crop(ray_local, real_labels, tmp_path):
+def test_merge_and_split_on_the_real_crop(ray_local, real_crop_meshed, tmp_path):
+    """On a copy of the session's crop (built at T0, meshed through layer 4 on Ray 30 s later)."""
     from actors.ray_executor import RayExecutor
 
-    crop = np.asfortranarray(real_labels[128:384, 128:384, 192:320])
-    g = build_graph(crop, str(tmp_path), resolution=(8, 8, 40), chunk_size=(64, 64, 64), time_stamp=T0)
-    config = MeshConfig(graph=g.store_url, layers=[2, 3, 4], mip=0, time_stamp=(T0 + dt.timedelta(seconds=30)).timestamp())
-    run(config, executor=RayExecutor(), progress=False)
+    url = copy_meshed_crop(real_crop_meshed, tmp_path / "crop")
+    config = real_crop_meshed.config.model_copy(update={"graph": url})
     job = MeshJob(config)
     store = job.store
     mesh_root = job.bucket.base.removeprefix("file://")
@@ -57,6 +52,7 @@ def test_merge_and_split_on_the_real_crop(ray_local, real_labels, tmp_path):
     now = np.asarray(store.get_roots(svs))
     changed = sorted(set(now[np.isin(roots, [big, x, y])].tolist()))
     assert len(changed) >= 3, "one merged object and at least two split parts"
+    prefetch(job, changed, (2, 3, 4), read)
     for root in changed:
         assert_stitched_like_layer2(job, root, (3, 4), read)
     closed, inside = closed_interior_objects(job, sv, read, 4)

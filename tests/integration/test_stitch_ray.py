@@ -9,7 +9,7 @@ from raymesh.driver import run
 from raymesh.runs.job import MeshJob
 from raymesh.formats.mesh_layout import shard_key
 from raymesh.volume import read_block
-from stitch_checks import assert_stitched_like_layer2, closed_interior_objects
+from stitch_checks import assert_stitched_like_layer2, closed_interior_objects, prefetch
 from support import SYNTH_CHUNK, SYNTH_RES
 from readback import cloudvolume_reader
 
@@ -33,14 +33,10 @@ def test_layers_identical_between_serial_and_ray(ray_local, synthetic, tmp_path)
 
 
 @pytest.mark.real_data
-def test_real_crop_through_the_top_layer(ray_local, real_labels, tmp_path):
-    """256x256x128 of the real volume, 4 layers: every root as a viewer would load it."""
-    from actors.ray_executor import RayExecutor
-
-    crop = np.asfortranarray(real_labels[128:384, 128:384, 192:320])
-    g = build_graph(crop, str(tmp_path), resolution=(8, 8, 40), chunk_size=(64, 64, 64))
-    config = MeshConfig(graph=g.store_url, layers=[2, 3, 4], mip=0, time_stamp=2e9)
-    summary = run(config, executor=RayExecutor(), progress=False)
+def test_real_crop_through_the_top_layer(real_crop_meshed):
+    """256x256x128 of the real volume, 4 layers, meshed on Ray (the session's crop): every root as
+    a viewer would load it."""
+    config, summary = real_crop_meshed.config, real_crop_meshed.summary
     assert [len(s.failures) for s in summary.layers] == [0, 0, 0]
     assert summary.layers[1].missing == summary.layers[2].missing == 0
     job = MeshJob(config)
@@ -49,6 +45,7 @@ def test_real_crop_through_the_top_layer(ray_local, real_labels, tmp_path):
     meta = store.meta
     sv = read_block(meta.segmentation_path, 0, np.zeros(3, int), np.asarray(meta.size_at(0)))
     roots = sorted(set(np.asarray(store.get_roots(np.unique(sv[sv > 0]))).tolist()))
+    prefetch(job, roots, (2, 3, 4), read)  # one CloudVolume call, not three per root
     for root in roots:
         assert_stitched_like_layer2(job, root, (3, 4), read)
     # All 139 closed: 131 without the layer-2 caps, 138 with face caps only (the last one sits on a

@@ -18,7 +18,7 @@ from raymesh.graph import GraphError, open_store
 from raymesh.runs.job import MeshJob
 from raymesh.volume import read_block
 from readback import cloudvolume_reader
-from stitch_checks import assert_stitched_like_layer2, closed_interior_objects
+from stitch_checks import assert_stitched_like_layer2, closed_interior_objects, prefetch
 from support import SYNTH_CHUNK, SYNTH_RES, file_tree
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
@@ -133,6 +133,7 @@ def test_remesh_writes_only_new_nodes_and_viewers_see_closed_objects(meshed):
 
     read = cloudvolume_reader(store)  # dynamic/ first, then the initial shards, as CloudVolume reads
     now = np.asarray(store.get_roots(svs))
+    prefetch(job, sorted(set(now.tolist())), (2, 3, 4), read)
     for root in sorted(set(now.tolist())):
         assert_stitched_like_layer2(job, root, (3, 4), read)
     closed, inside = closed_interior_objects(job, sv, read, 4)
