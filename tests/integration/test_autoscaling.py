@@ -32,6 +32,7 @@ import re
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -185,24 +186,34 @@ def autoscaling_cluster():
         shutil.rmtree(temp, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def crop_graph(tmp_path_factory, synthetic):
-    """The real volume's central crop (256x256x128, 4x4x2 chunks of 64^3, root at layer 4), or,
-    without the project's shared data, the synthetic dataset (also 4 layers)."""
-    import numpy as np
+@dataclass
+class Crop:
+    url: str
+    layers: list[int]
+    time_stamp: float
+    reference: object | None  # a MeshConfig whose shards a fixed set of workers made, if any
 
+
+@pytest.fixture(scope="module")
+def crop_graph(request, tmp_path_factory, synthetic) -> Crop:
+    """A copy of the session's real crop (256x256x128, 4x4x2 chunks of 64^3, root at layer 4,
+    already meshed on a fixed local Ray: the reference), or, without the project's shared data,
+    the synthetic dataset (also 4 layers; no reference yet). Requested before
+    ``autoscaling_cluster``, so the session's crop is meshed on its own local Ray, not here."""
     from raymesh.builder import build_graph
     from support import REAL_VOLUME, SYNTH_CHUNK, SYNTH_RES
 
-    out = str(tmp_path_factory.mktemp("autoscaling"))
+    out = tmp_path_factory.mktemp("autoscaling")
     if REAL_VOLUME.exists():
-        from raymesh.volume import load_labels
+        from real_crop import copy_meshed_crop
 
-        labels = np.asfortranarray(np.asarray(load_labels(str(REAL_VOLUME)))[128:384, 128:384, 192:320])
-        return build_graph(labels, out, resolution=(8, 8, 40), chunk_size=(64, 64, 64), graph_id="autoscaling")
+        crop = request.getfixturevalue("real_crop_meshed")
+        return Crop(copy_meshed_crop(crop, out / "crop"), list(crop.config.layers), crop.config.time_stamp,
+                    crop.config)
     labels, agg = synthetic
-    return build_graph(labels, out, resolution=SYNTH_RES, chunk_size=SYNTH_CHUNK, agglomeration=agg,
-                       graph_id="autoscaling")
+    g = build_graph(labels, str(out), resolution=SYNTH_RES, chunk_size=SYNTH_CHUNK, agglomeration=agg,
+                    graph_id="autoscaling")
+    return Crop(g.store_url, list(range(2, g.n_layers + 1)), 2e9, None)
 
 
 _LINE = re.compile(r"^(\S+ \S+)\s+INFO instance_manager\.py:\d+ -- (New instance (\w+)|Update instance (\w+)->(\w+)) "
@@ -245,7 +256,7 @@ def _kill_node(node_id: str) -> None:
     raise AssertionError(f"no raylet of node {node_id} among this test's processes")
 
 
-def test_kuberay_cluster_scales_by_layer_on_the_local_autoscaler(autoscaling_cluster, crop_graph):
+def test_kuberay_cluster_scales_by_layer_on_the_local_autoscaler(crop_graph, autoscaling_cluster):
     from actors import autoscaler
     from actors.ray_executor import RayExecutor
     from raymesh.config import MeshConfig
@@ -254,11 +265,14 @@ def test_kuberay_cluster_scales_by_layer_on_the_local_autoscaler(autoscaling_clu
     from support import all_shards
 
     t0 = time.time()
-    layers = list(range(2, crop_graph.n_layers + 1))  # through the root layer
+    layers = crop_graph.layers  # through the root layer
     assert max(layers) >= HIGHMEM_LAYER
-    base = dict(graph=crop_graph.store_url, layers=layers, mip=0, time_stamp=2e9, highmem_layer=HIGHMEM_LAYER)
-    serial = MeshConfig(**base, executor="serial", mesh_dir="serial_meshes")
-    run(serial, progress=False)
+    base = dict(graph=crop_graph.url, layers=layers, mip=0, time_stamp=crop_graph.time_stamp,
+                highmem_layer=HIGHMEM_LAYER)
+    serial = crop_graph.reference
+    if serial is None:
+        serial = MeshConfig(**base, executor="serial", mesh_dir="serial_meshes")
+        run(serial, progress=False)
     t_serial = time.time() - t0
     # placement_timeout bounds the wait for nodes, so a broken autoscaler fails the test, not hangs it
     config = MeshConfig(**base, mesh_dir="autoscaled_meshes", placement_timeout=180)
@@ -327,7 +341,7 @@ def test_kuberay_cluster_scales_by_layer_on_the_local_autoscaler(autoscaling_clu
           f"{len(general)} general and {len(highmem)} highmem instances, resubmitted {executor.resubmitted}")
 
 
-def test_a_request_no_node_type_fits_fails_on_the_autoscalers_verdict(autoscaling_cluster, crop_graph):
+def test_a_request_no_node_type_fits_fails_on_the_autoscalers_verdict(crop_graph, autoscaling_cluster):
     """A top layer asking for a resource no node type carries: the job fails within seconds with
     the autoscaler's verdict, not after a timeout, and no node is added for it."""
     from actors.ray_executor import RayExecutor
@@ -335,7 +349,7 @@ def test_a_request_no_node_type_fits_fails_on_the_autoscalers_verdict(autoscalin
     from raymesh.driver import run
     from raymesh.errors import ConfigError
 
-    config = MeshConfig(graph=crop_graph.store_url, layers=[2], mip=0, time_stamp=2e9, highmem_layer=2,
+    config = MeshConfig(graph=crop_graph.url, layers=[2], mip=0, time_stamp=crop_graph.time_stamp, highmem_layer=2,
                         highmem_resource="raymesh_gpu", mesh_dir="never_placed")
     before = instance_record(autoscaling_cluster.get_logs_dir_path())
     t0 = time.monotonic()
