@@ -33,7 +33,7 @@ TIME_STAMP = 2e9
 def _warm(_):
     import importlib
 
-    for module in ("DracoPy", "tensorstore", "zmesh", "raymesh.l2", "raymesh.stitch", "google.cloud.bigtable"):
+    for module in ("DracoPy", "tensorstore", "zmesh", "raymesh.layer2.mesh", "raymesh.stitch", "google.cloud.bigtable"):
         importlib.import_module(module)
     return 0
 

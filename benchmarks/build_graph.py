@@ -25,7 +25,7 @@ def main() -> None:
     if args.quick:
         labels = np.asfortranarray(labels[128:384, 128:384, 192:320])
     from raymesh.builder import build_graph, make_supervoxels
-    from raymesh.ids import ChunkLayout
+    from raymesh.graph.ids import ChunkLayout
 
     chunk = (64, 64, 64)
     t0 = time.perf_counter()

@@ -254,7 +254,7 @@ def estimate(info: dict, *, mip: int, rates: Rates, memory_budget: int, highmem_
     (``lod_chain``: with the LOD chain, its measured time over stitching's added to each layer)."""
     import numpy as np
 
-    from raymesh.ids import ChunkLayout
+    from raymesh.graph.ids import ChunkLayout
     from raymesh.placement import TASK_BASE_BYTES, l2_request, stitch_parts, stitch_request, stitch_work
 
     graph = info["graph"]

@@ -70,7 +70,7 @@ def graph_read_figures(store, kind: str, ts: float = 2e9) -> dict:
     """The graph reads of meshing, chunk by chunk: every layer-2 chunk's (its neighbourhood, its
     upper neighbours' and the ancestor walk, ``fetch_with_upper``) and every chunk's stitching
     plan on the layers above, up to the top stitched layer."""
-    from raymesh.remap import fetch_with_upper
+    from raymesh.layer2.remap import fetch_with_upper
     from raymesh.stitch import plan_chunk
 
     layout = store.layout

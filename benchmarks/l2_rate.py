@@ -86,7 +86,7 @@ class Breakdown:
 
 def instrument() -> Breakdown:
     import raymesh.runs.layer2 as layer2_mod
-    import raymesh.l2 as l2
+    import raymesh.layer2.mesh as l2
     import raymesh.storage as storage
 
     b = Breakdown()
@@ -110,8 +110,8 @@ def main() -> None:
     from raymesh.builder import build_graph
     from raymesh.config import MeshConfig
     from raymesh.runs.job import MeshJob
-    from raymesh.l2 import mesh_block, read_l2_block
-    from raymesh.remap import fetch_neighbourhood, remap_chunk
+    from raymesh.layer2.mesh import mesh_block, read_l2_block
+    from raymesh.layer2.remap import fetch_neighbourhood, remap_chunk
 
     with tempfile.TemporaryDirectory() as out:
         g = build_graph(labels, out, resolution=(8, 8, 40), chunk_size=(64, 64, 64))

@@ -43,7 +43,7 @@ def _layer2(config, workers: int) -> tuple[float, dict]:
 def _warm(_):
     import importlib
 
-    for module in ("DracoPy", "tensorstore", "zmesh", "raymesh.l2"):
+    for module in ("DracoPy", "tensorstore", "zmesh", "raymesh.layer2.mesh"):
         importlib.import_module(module)
     return 0
 

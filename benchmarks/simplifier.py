@@ -49,7 +49,7 @@ CHUNK = (64, 64, 64)
 def kernel_rates(blocks, grid, repeats: int, max_error: float) -> tuple[dict, dict]:
     """Seconds per simplifier for ``mesh_block`` over every block (median of repeats), and the
     fragments' bytes and count."""
-    from raymesh.l2 import mesh_block
+    from raymesh.layer2.mesh import mesh_block
 
     runs = {s: [] for s in SIMPLIFIERS}
     out = {s: {"bytes": 0, "fragments": 0, "failures": 0} for s in SIMPLIFIERS}
@@ -75,7 +75,7 @@ def kernel_rates(blocks, grid, repeats: int, max_error: float) -> tuple[dict, di
 def quality(blocks, grid, max_error: float, points_per_faces: int, seed: int = 0) -> dict:
     """Distances, area and triangles of each simplifier's meshes against the unsimplified
     marching-cubes mesh of the same node (before the offset and Draco)."""
-    from raymesh.l2 import simplified_meshes
+    from raymesh.layer2.mesh import simplified_meshes
 
     rng = np.random.default_rng(seed)
     dist = {s: {"out": [], "back": []} for s in SIMPLIFIERS}
@@ -191,8 +191,8 @@ def main() -> None:
     from raymesh.builder import build_graph
     from raymesh.config import MeshConfig
     from raymesh.runs.job import MeshJob
-    from raymesh.l2 import read_l2_block
-    from raymesh.remap import fetch_neighbourhood, remap_chunk
+    from raymesh.layer2.mesh import read_l2_block
+    from raymesh.layer2.remap import fetch_neighbourhood, remap_chunk
 
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:

@@ -25,7 +25,7 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from raymesh.ids import ChunkLayout
+from raymesh.graph.ids import ChunkLayout
 
 ROOT_COUNTERS = 256
 

@@ -2,7 +2,7 @@
 
 from raymesh.builder import BuildError
 from raymesh.graph.base import GraphError
-from raymesh.ids import GraphLayoutError
+from raymesh.graph.ids import GraphLayoutError
 from raymesh.storage import StorageError
 from raymesh.volume import SegmentationError
 

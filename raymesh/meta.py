@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from raymesh.ids import ChunkLayout
+from raymesh.graph.ids import ChunkLayout
 from raymesh.volume import SegmentationError
 
 

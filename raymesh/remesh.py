@@ -164,7 +164,7 @@ class Remesher:
         return out
 
     def _l2(self, chunk: int, nodes: list[int]) -> dict[int, bytes]:
-        from raymesh.l2 import mesh_l2_chunk
+        from raymesh.layer2.mesh import mesh_l2_chunk
 
         job = self.job
         store = job.store

@@ -15,7 +15,7 @@ import numpy as np
 
 from raymesh.formats.draco import DracoError, DracoSettings, MeshGrid, decode, encode, snap
 from raymesh.errors import MeshingError
-from raymesh.ids import ChunkLayout
+from raymesh.graph.ids import ChunkLayout
 from raymesh.formats.mesh_layout import shard_key
 from raymesh.formats.sharding import ShardError, ShardingSpec, disassemble_shard, minishard_table
 from raymesh.storage import RangeError

@@ -6,10 +6,10 @@ import numpy as np
 import zmesh
 
 from raymesh.formats.draco import decode, encode
-from raymesh.corners import ChunkView, corner_patches
-from raymesh.l2 import RemapCache, corner_views, neighbour_planes, read_l2_block, seam_patches, simplified_meshes, upper_plane
+from raymesh.layer2.corners import ChunkView, corner_patches
+from raymesh.layer2.mesh import RemapCache, corner_views, neighbour_planes, read_l2_block, seam_patches, simplified_meshes, upper_plane
 from raymesh.formats.mesh_layout import shard_key
-from raymesh.remap import fetch_neighbourhood, fetch_with_upper, remap_chunk, uncovered_by_lower
+from raymesh.layer2.remap import fetch_neighbourhood, fetch_with_upper, remap_chunk, uncovered_by_lower
 from raymesh.formats.sharding import disassemble_shard
 
 
@@ -56,7 +56,7 @@ def assert_matches_direct_zmesh(job, coords) -> int:
         if capped or int(label) in patched:
             # Capped where a lower neighbour leaves the node open (l2.cap_meshes), or patched where
             # an upper one resolves a saddle differently (l2.seam_patches) or two caps meet in a
-            # corner column (raymesh.corners): the direct mesh plus
+            # corner column (raymesh.layer2.corners): the direct mesh plus
             # those, so more faces, and every direct vertex within a bin of a decoded one.
             assert len(decoded.faces) > len(mesh.faces), f"fragment {label} has no cap or patch"
             d = np.abs(verts[:, None, :] - decoded.vertices[None, :, :]).max(axis=2).min(axis=1)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import DracoPy
 import numpy as np
 
-from raymesh.ids import ChunkLayout
+from raymesh.graph.ids import ChunkLayout
 
 
 class DracoError(ValueError):

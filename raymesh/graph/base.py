@@ -14,7 +14,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from raymesh.ids import ChunkLayout
+from raymesh.graph.ids import ChunkLayout
 from raymesh.meta import GraphMeta
 
 TimeStamp = dt.datetime | float | int | None

@@ -1,4 +1,4 @@
-"""The layer-2 kind of chunk task: mesh one chunk's block and write its shard (``raymesh.l2``)."""
+"""The layer-2 kind of chunk task: mesh one chunk's block and write its shard (``raymesh.layer2.mesh``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ class Layer2Chunks:
     """``MeshJob``'s layer-2 task body (a mixin: ``store``, ``grid``, ``bucket`` come from the job)."""
 
     def _mesh_l2(self, coords, keep_shard: bool) -> ChunkOutput:
-        from raymesh.l2 import mesh_l2_chunk
+        from raymesh.layer2.mesh import mesh_l2_chunk
 
         result = mesh_l2_chunk(self.store, self.grid, coords, time_stamp=self.time_stamp,
                                max_error=self.config.max_error, dust_threshold=self.config.dust_threshold,

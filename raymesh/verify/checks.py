@@ -86,8 +86,8 @@ def expected_nodes(job, layer: int, coords, plan=None) -> tuple[set[int], set[in
     """
     layout = job.meta.layout
     if layer == 2:
-        from raymesh.l2 import read_l2_block
-        from raymesh.remap import fetch_neighbourhoods, remap_chunk
+        from raymesh.layer2.mesh import read_l2_block
+        from raymesh.layer2.remap import fetch_neighbourhoods, remap_chunk
 
         hood = fetch_neighbourhoods(job.store, [list(coords)], time_stamp=job.time_stamp)[0]
         if not hood.own:

@@ -11,7 +11,7 @@ import pytest
 
 from raymesh.builder import build_graph
 from raymesh.graph import open_store
-from raymesh.remap import latest_l2_nodes, lower_neighbours, neighbour_chunks
+from raymesh.layer2.remap import latest_l2_nodes, lower_neighbours, neighbour_chunks
 from support import SYNTH_CHUNK, SYNTH_RES
 
 PROJECT, INSTANCE = "raymesh-test", "pychunkedgraph"
@@ -166,7 +166,7 @@ def test_each_store_keeps_its_own_read_gate(url):
 
 
 def test_a_reading_session_takes_one_slot_for_its_reads(url):
-    from raymesh.remap import fetch_with_upper
+    from raymesh.layer2.remap import fetch_with_upper
 
     store = open_store(url)
     store.meta
@@ -247,7 +247,7 @@ def test_nodes_above_the_chunk_counter_are_not_listed(bigtable_emulator, synthet
 # ---- a job's reads shared by its tasks ----------------------------------------------------------
 
 def test_stores_given_one_token_share_their_reads(url, graphs):
-    from raymesh.remap import fetch_with_upper
+    from raymesh.layer2.remap import fetch_with_upper
 
     first, second, alone = open_store(url), open_store(url), open_store(url)
     first.share_reads("job-1")
@@ -309,7 +309,7 @@ def test_a_write_in_this_process_empties_what_was_shared(bigtable_emulator, synt
 def _reference_fetch_neighbourhoods(store, coords_list, time_stamp=None):
     """``remap.fetch_neighbourhoods`` as it was before issue 19 (range read, then the whole
     ancestor walk): what the batched reads must still return."""
-    from raymesh.remap import Neighbourhood
+    from raymesh.layer2.remap import Neighbourhood
 
     layout = store.layout
     plans = [(layout.stop_layer(c), neighbour_chunks(layout, c), lower_neighbours(layout, c)) for c in coords_list]
@@ -352,7 +352,7 @@ def _canon(result):
 
 @pytest.mark.parametrize("kind", ["sqlite", "bigtable", "bigtable_shared"])
 def test_batched_neighbourhoods_equal_the_old_reads(graphs, kind):
-    from raymesh.remap import fetch_neighbourhoods, upper_neighbours
+    from raymesh.layer2.remap import fetch_neighbourhoods, upper_neighbours
 
     store = open_store(graphs["bigtable" if kind.startswith("bigtable") else "sqlite"])
     if kind == "bigtable_shared":
@@ -369,7 +369,7 @@ def test_batched_neighbourhoods_equal_the_old_reads(graphs, kind):
 def test_batched_neighbourhoods_equal_the_old_reads_on_a_real_crop(bigtable_emulator, real_labels, tmp_path):
     """The same on 3x3x2 chunks of the real volume (many nodes per chunk, skip connections),
     Bigtable with and without shared reads against the old reads and against SQLite."""
-    from raymesh.remap import fetch_neighbourhoods, fetch_with_upper, upper_neighbours
+    from raymesh.layer2.remap import fetch_neighbourhoods, fetch_with_upper, upper_neighbours
 
     crop = np.asfortranarray(real_labels[128:320, 128:320, 192:320])
     urls = {kind: build_graph(crop, str(tmp_path / kind), resolution=(8, 8, 40), chunk_size=(64, 64, 64),

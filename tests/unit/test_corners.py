@@ -1,9 +1,9 @@
-"""Corner columns (raymesh.corners): two chunks' face caps meeting in a third chunk's cells."""
+"""Corner columns (raymesh.layer2.corners): two chunks' face caps meeting in a third chunk's cells."""
 
 import numpy as np
 
-from raymesh.corners import ChunkView, corner_drops, corner_pairs, corner_patches
-from raymesh.squares import REGION, square_residual
+from raymesh.layer2.corners import ChunkView, corner_drops, corner_pairs, corner_patches
+from raymesh.layer2.squares import REGION, square_residual
 
 
 def test_a_square_covered_once_from_each_side_is_closed_and_once_from_one_side_open():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from raymesh.formats.draco import DracoError, DracoSettings, MeshGrid, calc_quantization, decode, encode, snap
-from raymesh.ids import ChunkLayout
+from raymesh.graph.ids import ChunkLayout
 
 LAYOUT = ChunkLayout.from_voxels([192424, 131051, 13008], [256, 256, 512])
 MINNIE = MeshGrid(LAYOUT, (256, 256, 512), (32, 32, 40), (8, 8, 40), (6596, 7577, 14850), mip=2)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from raymesh.ids import ChunkLayout, GraphLayoutError, compute_bitmasks, layer_count_for
+from raymesh.graph.ids import ChunkLayout, GraphLayoutError, compute_bitmasks, layer_count_for
 
 MINNIE = ChunkLayout.from_voxels([192424, 131051, 13008], [256, 256, 512])
 
@@ -98,7 +98,7 @@ def test_bad_layouts():
 def _stop_layer_by_ids(layout, l2_coords):
     """PCG's way (6.3 step 1): compare the neighbours' ancestor chunk ids layer by layer,
     skipping a neighbour whose id arithmetic fails."""
-    from raymesh.ids import GraphLayoutError
+    from raymesh.graph.ids import GraphLayoutError
 
     lists = []
     cx, cy, cz = (int(v) for v in l2_coords)

@@ -14,7 +14,7 @@ from raymesh.driver import run
 from raymesh.errors import ConfigError
 from raymesh.graph import open_store
 from raymesh.runs.job import MeshJob
-from raymesh.l2 import mesh_block
+from raymesh.layer2.mesh import mesh_block
 from raymesh.storage import Bucket
 from raymesh.volume import SegmentationError
 from support import SYNTH_CHUNK, SYNTH_RES
@@ -44,7 +44,7 @@ def test_every_node_meshed_matching_zmesh_with_seams(graph):
 def test_a_cap_closes_a_node_its_lower_neighbour_leaves_open():
     """A blob on the chunk's first x plane, which the lower neighbour does not mesh: the node's own
     mesh is open there; with the cap (half a voxel below, walls up to the plane) it is closed."""
-    from raymesh.l2 import _with_caps, cap_meshes, simplified_meshes
+    from raymesh.layer2.mesh import _with_caps, cap_meshes, simplified_meshes
     from stitch_checks import edge_use
 
     labels = np.zeros((12, 12, 12), dtype=np.uint64)
@@ -69,7 +69,7 @@ def test_edge_and_corner_caps_close_a_node_open_on_several_first_planes(corner):
     """A blob on the chunk's x = 0 and z = 0 planes (and y = 0 for the corner), left open by every
     lower neighbour: face caps alone leave the quarter column below the edge line open (the cells
     of the diagonal neighbour); with the edge (and corner) caps the node is closed."""
-    from raymesh.l2 import _with_caps, cap_meshes, simplified_meshes
+    from raymesh.layer2.mesh import _with_caps, cap_meshes, simplified_meshes
     from stitch_checks import edge_use
 
     labels = np.zeros((10, 10, 10), dtype=np.uint64)
@@ -95,7 +95,7 @@ def test_seam_patch_closes_a_saddle_the_two_chunks_resolve_differently(joined_be
     """Two diagonal voxels on the plane between two chunks: one label in the lower chunk's overlap
     and two layer-2 nodes in the upper chunk (or the other way round). Marching cubes joins them
     on one side only, leaving a diamond open; the patch closes it, oriented like its neighbours."""
-    from raymesh.l2 import _with_patches, seam_patches, simplified_meshes
+    from raymesh.layer2.mesh import _with_patches, seam_patches, simplified_meshes
     from stitch_checks import edge_use
 
     res = np.array([8.0, 8.0, 40.0])
@@ -213,7 +213,7 @@ def _upper_block(linked: bool):
     """An upper neighbour (on z) of a 4x4x4 chunk, and the lower chunk's top plane: a saddle on the
     square x 2-3, y 3-4, whose corner (3, 4) lies beside the neighbour (node 31 of the chunk next
     to it), its other diagonal (2, 3) in the neighbour (node 21)."""
-    from raymesh.remap import Neighbourhood
+    from raymesh.layer2.remap import Neighbourhood
 
     seg = np.zeros((5, 5, 5), dtype=np.uint64)  # the neighbour's block; z = 0 is the shared plane
     seg[2, 3, 0], seg[3, 4, 0] = 2001, 3001
@@ -231,8 +231,8 @@ def test_saddle_on_a_planes_last_row_is_decided_by_the_upper_neighbours_links(li
     by its stop layer: linked to its node the square is joined above as below (no patch); not
     linked, the chunk beside meshes its voxel alone (its cap), so the square is apart above (a
     patch: the diamond, lid up)."""
-    from raymesh.l2 import seam_patches, upper_plane
-    from raymesh.remap import remap_chunk
+    from raymesh.layer2.mesh import seam_patches, upper_plane
+    from raymesh.layer2.remap import remap_chunk
 
     seg, hood, labels = _upper_block(linked)
     plane = upper_plane(remap_chunk(seg, hood), seg, hood, axis=2)
@@ -255,8 +255,8 @@ def test_a_placeholder_beside_goes_where_its_component_reaches_in_the_neighbour(
     The neighbour gives the component to the smallest candidate behind it anywhere along it: here
     node 22, four planes up, with nothing behind it on the shared plane. The plane alone cannot
     tell; the neighbour's own remap of its block can."""
-    from raymesh.l2 import upper_plane
-    from raymesh.remap import remap_chunk
+    from raymesh.layer2.mesh import upper_plane
+    from raymesh.layer2.remap import remap_chunk
 
     seg, hood, _ = _upper_block(True)
     hood.ancestor[22] = 901  # 21 and 22 both candidates for 31
@@ -270,7 +270,7 @@ def test_a_placeholder_beside_goes_where_its_component_reaches_in_the_neighbour(
 
 def test_a_chunk_and_its_upper_neighbours_share_one_batch_of_graph_reads(graph):
     """``fetch_with_upper`` gives each chunk what fetching it alone gives."""
-    from raymesh.remap import fetch_neighbourhood, fetch_with_upper
+    from raymesh.layer2.remap import fetch_neighbourhood, fetch_with_upper
 
     store = open_store(graph.store_url)
     for coords in np.ndindex(*store.layout.layer_chunk_bounds(2)):
@@ -288,7 +288,7 @@ def test_placeholder_given_to_another_node_above_is_patched():
     """Three corners one object below; above, the neighbour gives two of them (its overlap) to
     another node than the third's: the two cross-sections differ by the half of the diamond
     toward the fourth corner, which the patch fills (one triangle, lid up)."""
-    from raymesh.l2 import seam_patches
+    from raymesh.layer2.mesh import seam_patches
 
     labels = np.zeros((3, 3, 3), dtype=np.uint64)
     labels[1, 0, 2] = labels[0, 1, 2] = labels[1, 1, 2] = 7
@@ -303,7 +303,7 @@ def test_placeholder_given_to_another_node_above_is_patched():
 
 
 def test_patches_leave_equal_cuts_and_caps_alone():
-    from raymesh.l2 import seam_patches
+    from raymesh.layer2.mesh import seam_patches
 
     labels = np.zeros((3, 3, 3), dtype=np.uint64)
     labels[0, 0, 2] = labels[1, 1, 2] = 7

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from raymesh.remap import Neighbourhood, latest_l2_nodes, remap_chunk
+from raymesh.layer2.remap import Neighbourhood, latest_l2_nodes, remap_chunk
 
 
 def test_safe_node_takes_its_object_in_the_overlap():
@@ -58,8 +58,8 @@ def test_overlap_component_with_nothing_behind_goes_to_the_smallest_own_node():
 
 
 def test_lower_neighbours_are_faces_then_edges_then_the_corner_inside_the_dataset():
-    from raymesh.ids import ChunkLayout
-    from raymesh.remap import lower_neighbours
+    from raymesh.graph.ids import ChunkLayout
+    from raymesh.layer2.remap import lower_neighbours
 
     layout = ChunkLayout.from_voxels((256, 256, 256), (64, 64, 64))
     got = lower_neighbours(layout, (1, 2, 1))
@@ -70,7 +70,7 @@ def test_lower_neighbours_are_faces_then_edges_then_the_corner_inside_the_datase
 
 
 def test_an_edge_is_open_only_where_every_neighbour_around_it_leaves_the_node_open():
-    from raymesh.remap import uncovered_by_lower
+    from raymesh.layer2.remap import uncovered_by_lower
 
     # Own nodes 101 and 102; their ancestors at stop layer 3 are 901 and 902.
     own = {101: np.array([11], np.uint64), 102: np.array([12], np.uint64)}

@@ -17,9 +17,9 @@ from raymesh.config import MeshConfig
 from raymesh.driver import coverage_gap, run
 from raymesh.graph import open_store
 from raymesh.runs.job import LayerSummary, MeshJob
-from raymesh.l2 import block_mismatch
+from raymesh.layer2.mesh import block_mismatch
 from raymesh.formats.mesh_layout import RUN_RECORD, shard_key
-from raymesh.remap import Neighbourhood
+from raymesh.layer2.remap import Neighbourhood
 from raymesh.formats.sharding import ShardError, ShardingSpec, check_shard, locate, synthesize_shard
 from raymesh.stitch import plan_chunk
 from raymesh.storage import local_path

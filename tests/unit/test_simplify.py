@@ -11,7 +11,7 @@ from scipy import ndimage
 from raymesh.config import MeshConfig, load_config
 from raymesh.formats.draco import DracoSettings, encode
 from raymesh.errors import ConfigError
-from raymesh.l2 import cap_meshes, mesh_block, simplified_meshes
+from raymesh.layer2.mesh import cap_meshes, mesh_block, simplified_meshes
 from raymesh.simplify import on_block_planes, simplify, simplify_meshopt
 from raymesh.stitch import merge_across_boundaries
 from raymesh.verify.geometry import edge_use

@@ -11,7 +11,7 @@ from raymesh.builder import build_graph
 from raymesh.config import MeshConfig
 from raymesh.formats.draco import MeshGrid, decode, encode
 from raymesh.driver import run
-from raymesh.ids import ChunkLayout
+from raymesh.graph.ids import ChunkLayout
 from raymesh.runs.job import MeshJob
 from raymesh.stitch import plan_chunk, seam_planes, stitch_node
 from stitch_checks import (edge_use, internal_plane_duplicates, internal_planes, l2_descendants, merged,

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from raymesh.squares import patch_triangles, square_patches, square_residual
+from raymesh.layer2.squares import patch_triangles, square_patches, square_residual
 
 
 @dataclass

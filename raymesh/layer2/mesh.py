@@ -15,10 +15,10 @@ import fastremap
 import numpy as np
 import zmesh
 
-from raymesh.corners import ChunkView, corner_drops, corner_pairs, corner_patches, pair_chunks
+from raymesh.layer2.corners import ChunkView, corner_drops, corner_pairs, corner_patches, pair_chunks
 from raymesh.formats.draco import DracoError, DracoSettings, MeshGrid, encode
-from raymesh.remap import Neighbourhood, fetch_neighbourhoods, fetch_with_upper, relabel, remap_chunk, uncovered_by_lower
-from raymesh.squares import patch_triangles, square_patches
+from raymesh.layer2.remap import Neighbourhood, fetch_neighbourhoods, fetch_with_upper, relabel, remap_chunk, uncovered_by_lower
+from raymesh.layer2.squares import patch_triangles, square_patches
 from raymesh.volume import read_block
 
 REDUCTION_FACTOR = 100

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import cc3d
 import numpy as np
 
-from raymesh.ids import ChunkLayout, GraphLayoutError
+from raymesh.graph.ids import ChunkLayout, GraphLayoutError
 
 
 @dataclass
