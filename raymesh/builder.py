@@ -389,7 +389,7 @@ def build_graph(
     import time
 
     from raymesh.graph.base import utcnow
-    from raymesh.meta import DataSource, GraphConfig, GraphMeta
+    from raymesh.graph.meta import DataSource, GraphConfig, GraphMeta
     from raymesh.storage import normalize_url
     from raymesh.volume import write_segmentation
 
@@ -506,7 +506,7 @@ def _existing_meta(store_url: str):
         store.close()
     if raw is None:
         return None
-    from raymesh.meta import GraphMeta
+    from raymesh.graph.meta import GraphMeta
     from raymesh.volume import SegmentationError, read_info
 
     try:

@@ -15,7 +15,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from raymesh.graph.ids import ChunkLayout
-from raymesh.meta import GraphMeta
+from raymesh.graph.meta import GraphMeta
 
 TimeStamp = dt.datetime | float | int | None
 

@@ -24,7 +24,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from raymesh.graph.base import GraphError, GraphStore, TimeStamp, ms_to_datetime, read_ms, write_ms
-from raymesh.meta import GraphMeta
+from raymesh.graph.meta import GraphMeta
 from raymesh.volume import read_info
 
 FAMILY_HIERARCHY = "0"  # children, parents, meta, version (keeps every version)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from raymesh.graph.base import GraphError
-from raymesh.meta import DataSource, GraphConfig, GraphMeta
+from raymesh.graph.meta import DataSource, GraphConfig, GraphMeta
 
 PCG_MODULE = "pychunkedgraph.graph.meta"
 

@@ -18,7 +18,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from raymesh.graph.base import GraphError, GraphStore, TimeStamp, read_ms, write_ms
-from raymesh.meta import GraphMeta
+from raymesh.graph.meta import GraphMeta
 from raymesh.volume import read_info
 
 SCHEMA = """
