@@ -257,22 +257,58 @@ def upper_plane(labels: np.ndarray, seg: np.ndarray, hood: Neighbourhood, axis: 
     that run through its whole overlap). Voxels it leaves out there (nodes of the chunks beside
     it that it does not link) keep their own layer-2 ids: their chunk's cap meshes them on this
     plane (``cap_meshes``), as if the neighbour had."""
-    theirs = np.take(labels, 0, axis=axis)
-    beside = relabel(np.asarray(np.take(seg, 0, axis=axis), dtype=np.uint64),
+    return plane_as_cut(np.take(labels, 0, axis=axis), np.take(seg, 0, axis=axis), hood)
+
+
+def plane_as_cut(theirs: np.ndarray, seg: np.ndarray, hood: Neighbourhood) -> np.ndarray:
+    """``upper_plane`` from the neighbour's labels and supervoxels on that plane alone."""
+    beside = relabel(np.asarray(seg, dtype=np.uint64),
                      {int(sv): node for node, svs in hood.others.items() for sv in svs.tolist()})
     return np.where(theirs == 0, beside, theirs)
 
 
 class RemapCache:
     """Blocks read and remapped (``read_l2_block`` + ``remap_chunk``) by chunk, for one graph
-    state. A chunk's upper neighbours and the chunks around its edge lines are the chunks meshed
-    next, so with the cache kept for the process (``remap_cache``) each block is read and
-    remapped about once instead of up to four times. The arrays handed out are read-only: they
-    are shared."""
+    state, kept for the process (``remap_cache``): the chunks around a chunk's edge lines are
+    meshed soon after it, so the last ``size`` blocks are kept whole; and of every block, the
+    first plane on each axis, which is all its lower neighbours need of it (``upper_plane``).
+    Layer 2 runs from the last chunk to the first (``MeshJob.iter_chunks``), so a chunk's upper
+    neighbours were meshed before it and their planes are here: each block is read and remapped
+    about once, not up to four times. ``plane_bytes`` bounds the planes (64 MiB: those of about
+    300 chunks of 64^3, a whole x-step of a 16x16 grid). The arrays handed out are read-only:
+    they are shared."""
 
-    def __init__(self, meta, grid: MeshGrid, dust_threshold: int | None, key=None, size: int = 16):
+    def __init__(self, meta, grid: MeshGrid, dust_threshold: int | None, key=None, size: int = 16,
+                 plane_bytes: int = 64 * 2**20):
         self.meta, self.grid, self.dust_threshold, self.key, self.size = meta, grid, dust_threshold, key, size
         self._items: OrderedDict[tuple[int, ...], tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self.plane_bytes = plane_bytes
+        self._planes: OrderedDict[tuple[int, ...], list[tuple[np.ndarray, np.ndarray]]] = OrderedDict()
+        self._plane_total = 0
+
+    def first_plane(self, coords, hood: Neighbourhood, axis: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(supervoxels, layer-2 labels)`` on a chunk's first plane on ``axis``: ``get``'s, also
+        once the block itself is gone."""
+        c = tuple(int(v) for v in coords)
+        planes = self._planes.get(c)
+        if planes is None:
+            self.get(c, hood)
+            planes = self._planes[c]
+        else:
+            self._planes.move_to_end(c)
+        return planes[axis]
+
+    def _keep_planes(self, c: tuple[int, ...], seg: np.ndarray, labels: np.ndarray) -> None:
+        planes = [(np.ascontiguousarray(np.take(seg, 0, axis=a)), np.ascontiguousarray(np.take(labels, 0, axis=a)))
+                  for a in range(3)]
+        for pair in planes:
+            for plane in pair:
+                plane.flags.writeable = False
+        self._planes[c] = planes
+        self._plane_total += sum(p.nbytes for pair in planes for p in pair)
+        while self._plane_total > self.plane_bytes and len(self._planes) > 1:
+            _, old = self._planes.popitem(last=False)
+            self._plane_total -= sum(p.nbytes for pair in old for p in pair)
 
     def get(self, coords, hood: Neighbourhood) -> tuple[np.ndarray, np.ndarray]:
         """``(supervoxels, layer-2 labels)`` of a chunk's block; ``hood`` must be the chunk's own
@@ -286,6 +322,8 @@ class RemapCache:
         labels = remap_chunk(seg, hood, dust_threshold=self.dust_threshold)
         seg.flags.writeable = labels.flags.writeable = False
         self._items[c] = (seg, labels)
+        if c not in self._planes:
+            self._keep_planes(c, seg, labels)
         while len(self._items) > self.size:
             self._items.popitem(last=False)
         return seg, labels
@@ -294,16 +332,18 @@ class RemapCache:
 _PROCESS_CACHE: RemapCache | None = None
 
 
-def remap_cache(store, grid: MeshGrid, time_stamp, dust_threshold: int | None) -> RemapCache:
-    """The process's cache for this graph state (a Ray worker runs one task after another, a
-    serial run every chunk): a new one when the graph, time stamp, mip or dust threshold change.
-    Without a time stamp ("now", which moves) nothing is kept beyond one chunk."""
+def remap_cache(store, grid: MeshGrid, time_stamp, dust_threshold: int | None, share: str | None = None
+                ) -> RemapCache:
+    """The process's cache for one job (``share``: its run id) and graph state: a Ray worker runs
+    the job's tasks one after another, a serial run every chunk. A new one when the job, graph,
+    time stamp, mip or dust threshold change. Without ``share`` or a time stamp ("now", which
+    moves) nothing is kept beyond one chunk: the segmentation or graph may change between jobs."""
     global _PROCESS_CACHE
-    if time_stamp is None:
+    if time_stamp is None or share is None:
         return RemapCache(store.meta, grid, dust_threshold)
     from raymesh.graph.base import read_ms
 
-    key = (getattr(store, "url", id(store)), store.meta.segmentation_path, grid.mip, read_ms(time_stamp),
+    key = (share, getattr(store, "url", id(store)), store.meta.segmentation_path, grid.mip, read_ms(time_stamp),
            dust_threshold)
     if _PROCESS_CACHE is None or _PROCESS_CACHE.key != key:
         _PROCESS_CACHE = RemapCache(store.meta, grid, dust_threshold, key=key)
@@ -318,8 +358,8 @@ def neighbour_planes(grid: MeshGrid, labels: np.ndarray, upper: list[tuple[int, 
     for axis, up, hood in upper:
         if labels.shape[axis] <= int(grid.block_shape(2)[axis]) or not np.take(labels, -1, axis=axis).any():
             continue
-        seg, theirs = cache.get(up, hood)
-        planes[axis] = upper_plane(theirs, seg, hood, axis)
+        seg, theirs = cache.first_plane(up, hood, axis)
+        planes[axis] = plane_as_cut(theirs, seg, hood)
     return planes
 
 
@@ -343,15 +383,17 @@ def corner_views(store, grid: MeshGrid, coords, view: ChunkView, known: dict[tup
 
 
 def mesh_l2_chunk(store, grid: MeshGrid, coords, *, time_stamp=None, max_error: float = 40,
-                  dust_threshold: int | None = None, simplifier: str = "zmesh") -> ChunkMeshes:
+                  dust_threshold: int | None = None, simplifier: str = "zmesh", share: str | None = None
+                  ) -> ChunkMeshes:
     """Read, remap and mesh one layer-2 chunk (its upper neighbours remapped too, for the seams,
     and around an edge line where two chunks' caps meet, the chunks there). ``simplifier``:
-    ``simplified_meshes``, for the node meshes and their caps alike."""
+    ``simplified_meshes``, for the node meshes and their caps alike. ``share``: the job's run
+    id, under which the process keeps remapped blocks for the job's next chunks (``remap_cache``)."""
     layout = grid.layout
     coords = tuple(int(c) for c in coords)
     chunk_id = int(layout.chunk_id(2, *coords))
     hood, upper = fetch_with_upper(store, coords, time_stamp=time_stamp)
-    cache = remap_cache(store, grid, time_stamp, dust_threshold)
+    cache = remap_cache(store, grid, time_stamp, dust_threshold, share)
     seg, labels = cache.get(coords, hood)
     why = block_mismatch(seg, hood, grid.block_shape(2))
     if why is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from functools import cached_property
 from typing import TYPE_CHECKING, Iterator
 
@@ -48,9 +49,13 @@ class MeshJob(Layer2Chunks, StitchChunks, LodChunks):
         # cap on concurrent reads); None: no cap.
         self.read_gate = read_gate
         self.record: RunRecord | None = None  # what the mesh dir holds (``begin``)
+        # This job object and its copies on workers: what a process keeps between the job's
+        # chunks (the layer-2 remap cache) is kept for this id alone, so a later job in the same
+        # process (a rerun after a segmentation file was put back) reads everything afresh.
+        self.run_id = uuid.uuid4().hex
 
     def __reduce__(self):
-        return (_restore_job, (self.config, self.time_stamp.timestamp(), self.read_gate))
+        return (_restore_job, (self.config, self.time_stamp.timestamp(), self.read_gate, self.run_id))
 
     # ---- resources opened lazily (also on Ray workers) ----------------------------------------
     @cached_property
@@ -125,9 +130,11 @@ class MeshJob(Layer2Chunks, StitchChunks, LodChunks):
         return start, end  # type: ignore[return-value]
 
     def iter_chunks(self, layer: int) -> Iterator[tuple[int, tuple[int, int, int]]]:
-        """Chunks of a layer, lazily (a layer can have millions)."""
+        """Chunks of a layer, lazily (a layer can have millions). Layer 2 goes from the last chunk
+        to the first: a chunk's upper neighbours are then meshed before it, and the planes of
+        theirs it needs (``layer2.mesh.RemapCache``) are still at hand in the process."""
         start, end = self.chunk_range(layer)
-        for coords in self.meta.layout.iter_chunk_coords(layer, start, end):
+        for coords in self.meta.layout.iter_chunk_coords(layer, start, end, descending=layer == 2):
             yield layer, coords
 
     def count_chunks(self, layer: int) -> int:
@@ -390,7 +397,8 @@ def _failures_in(record: bytes) -> list[str]:
         return ["(its failure record is unreadable)"]
 
 
-def _restore_job(config: MeshConfig, ts: float, read_gate=None) -> MeshJob:
+def _restore_job(config: MeshConfig, ts: float, read_gate=None, run_id: str | None = None) -> MeshJob:
     job = MeshJob(config, read_gate)
     job.time_stamp = to_datetime(ts)
+    job.run_id = run_id or job.run_id
     return job

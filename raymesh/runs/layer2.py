@@ -14,7 +14,7 @@ class Layer2Chunks:
 
         result = mesh_l2_chunk(self.store, self.grid, coords, time_stamp=self.time_stamp,
                                max_error=self.config.max_error, dust_threshold=self.config.dust_threshold,
-                               simplifier=self.config.simplifier)
+                               simplifier=self.config.simplifier, share=self.run_id)
         data = synthesize_shard(result.fragments, self.sharding(2))
         if result.failures:
             self.record_outcome(2, coords, result.failures)

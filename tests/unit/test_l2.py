@@ -284,6 +284,26 @@ def test_a_chunk_and_its_upper_neighbours_share_one_batch_of_graph_reads(graph):
                 assert {n: h.ancestor_at[stop][n] for n in at} == at
 
 
+def test_a_serial_run_reads_and_remaps_each_block_once_and_a_new_job_reads_afresh(graph, monkeypatch):
+    """Layer 2 runs last chunk first, so a chunk's upper neighbours left their first planes in the
+    process's remap cache; the next job (another run id) reads and remaps everything again."""
+    import raymesh.layer2.mesh as mesh
+
+    remapped = []
+    real = mesh.remap_chunk
+    monkeypatch.setattr(mesh, "remap_chunk", lambda seg, hood, **kw: remapped.append(1) or real(seg, hood, **kw))
+    config = _config(graph, time_stamp=2e9)
+    job = MeshJob(config)
+    chunks = [c for _, c in job.iter_chunks(2)]
+    assert chunks == sorted(chunks, reverse=True)
+    run(config, progress=False)
+    first = len(remapped)
+    assert first == len(chunks), f"{first} remaps for {len(chunks)} chunks"
+    remapped.clear()
+    run(config.model_copy(update={"force": True}), progress=False)
+    assert len(remapped) == first, "a new job does not use the last one's blocks"
+
+
 def test_placeholder_given_to_another_node_above_is_patched():
     """Three corners one object below; above, the neighbour gives two of them (its overlap) to
     another node than the third's: the two cross-sections differ by the half of the diamond
