@@ -27,7 +27,8 @@ import numpy as np
 
 from raymesh.errors import ConfigError, MeshingError
 from raymesh.graph.base import GraphError, read_ms, to_datetime
-from raymesh.formats.mesh_layout import DYNAMIC, dynamic_name, lod_dynamic_key, lod_key
+from raymesh.formats.mesh_layout import DYNAMIC, RUN_RECORD, dynamic_name, lod_dynamic_key, lod_key
+from raymesh.runs.record import RecordError, RunRecord
 
 
 @dataclass
@@ -54,6 +55,13 @@ class Remesher:
             raise ConfigError(f"graph {job.meta.graph_id} has no initial meshes recorded (custom_data['mesh'] lacks "
                               f"{missing}); run `raymesh mesh` with --graph-meta write first")
         self.settings = settings
+        # The simplifier the initial meshes were made with (the mesh dir's run record; PCG's
+        # zmesh where there is none), so a remeshed node looks like its neighbours.
+        data = job.bucket.read(RUN_RECORD)
+        try:
+            self.simplifier = RunRecord.from_bytes(data, job.mesh_url + RUN_RECORD).simplifier if data else "zmesh"
+        except RecordError as exc:
+            raise ConfigError(str(exc)) from None
         self.max_layer = int(settings["max_layer"])
         self.initial_ms = int(round(float(settings["initial_ts"]) * 1000))
 
@@ -171,7 +179,7 @@ class Remesher:
         ts = int(store.get_node_timestamps(nodes).max()) + 1  # PCG: newest of the chunk's ids + 1 ms
         coords = job.meta.layout.get_chunk_coordinates(chunk).tolist()
         result = mesh_l2_chunk(store, job.grid, coords, time_stamp=to_datetime(ts / 1000),
-                               max_error=float(self.settings["max_error"]))
+                               max_error=float(self.settings["max_error"]), simplifier=self.simplifier)
         return {n: result.fragments[n] for n in nodes if n in result.fragments}
 
     def _stitched(self, layer: int, chunk: int, nodes: list[int], out: dict) -> dict[int, bytes]:

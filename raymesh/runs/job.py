@@ -321,7 +321,8 @@ class MeshJob(Layer2Chunks, StitchChunks, LodChunks):
         if record is not None:
             clashes = record.clashes(mip=self.config.mip if "mip" in given else None,
                                      max_error=self.config.max_error if "max_error" in given else None,
-                                     time_stamp=self.config.time_stamp if "time_stamp" in given else None)
+                                     time_stamp=self.config.time_stamp if "time_stamp" in given else None,
+                                     simplifier=self.config.simplifier if "simplifier" in given else None)
             if clashes:
                 raise ConfigError(
                     f"the mesh dir {self.mesh_url} holds meshes made otherwise; this run asks for "
@@ -331,13 +332,15 @@ class MeshJob(Layer2Chunks, StitchChunks, LodChunks):
             lod_chain = self.config.lod_chain if "lod_chain" in given else (record.lod_chain or self.config.lod_chain)
             record.lod_chain = record.lod_chain or lod_chain
             self.config = self.config.model_copy(update={"mip": record.mip, "max_error": record.max_error,
-                                                         "time_stamp": record.time_stamp, "lod_chain": lod_chain})
+                                                         "time_stamp": record.time_stamp, "lod_chain": lod_chain,
+                                                         "simplifier": record.simplifier})
             self.time_stamp = to_datetime(record.time_stamp)
             for name in ("mip", "grid"):
                 self.__dict__.pop(name, None)
         else:
             record = RunRecord(time_stamp=self.time_stamp.timestamp(), mip=self.mip,
-                               max_error=float(self.config.max_error), lod_chain=bool(self.config.lod_chain))
+                               max_error=float(self.config.max_error), lod_chain=bool(self.config.lod_chain),
+                               simplifier=self.config.simplifier)
         self.record = record
         return record
 

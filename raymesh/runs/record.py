@@ -2,7 +2,7 @@
 
 ``<mesh dir>/raymesh_run.json`` is written before the first chunk of the first run into a mesh
 directory. It pins the graph state (time stamp) and the settings that decide the bytes (mip,
-max_error), and says whether the dir holds the LOD chain, so a run interrupted, resumed, rerun on part of the dataset or run layer by layer
+max_error, the layer-2 simplifier), and says whether the dir holds the LOD chain, so a run interrupted, resumed, rerun on part of the dataset or run layer by layer
 meshes the same graph the same way, and it keeps the highest layer completed. Its fields only
 move forward: ``max_layer`` never goes down and the time stamp never changes.
 """
@@ -28,6 +28,9 @@ class RunRecord:
     # The mesh dir holds the LOD chain (lod/): later runs keep it up to date unless told not to.
     # Like max_layer it only moves forward.
     lod_chain: bool = False
+    # The layer-2 simplifier its meshes were made with (``MeshConfig.simplifier``); remeshing
+    # after edits uses it too. Written only when it is not PCG's zmesh.
+    simplifier: str = "zmesh"
 
     @property
     def initial_ts(self) -> float:
@@ -39,6 +42,8 @@ class RunRecord:
         fields = asdict(self)
         if not fields["lod_chain"]:
             del fields["lod_chain"]  # records of mesh dirs without the chain read as they always did
+        if fields["simplifier"] == "zmesh":
+            del fields["simplifier"]  # likewise for PCG's simplifier
         return json.dumps(fields, indent=1, sort_keys=True).encode()
 
     @classmethod
@@ -47,7 +52,7 @@ class RunRecord:
             raw = json.loads(data)
             return cls(time_stamp=float(raw["time_stamp"]), mip=int(raw["mip"]),
                        max_error=float(raw["max_error"]), max_layer=int(raw.get("max_layer", 0)),
-                       lod_chain=bool(raw.get("lod_chain", False)))
+                       lod_chain=bool(raw.get("lod_chain", False)), simplifier=str(raw.get("simplifier", "zmesh")))
         except (ValueError, KeyError, TypeError) as exc:
             raise RecordError(f"the run record {where} is unreadable ({exc}); restore it or delete it "
                               "(the next run then starts the mesh dir's record afresh)") from exc
@@ -62,9 +67,12 @@ class RunRecord:
         except (KeyError, TypeError, ValueError):
             return None
 
-    def clashes(self, *, mip: int | None, max_error: float | None, time_stamp: float | None) -> list[str]:
+    def clashes(self, *, mip: int | None, max_error: float | None, time_stamp: float | None,
+                simplifier: str | None = None) -> list[str]:
         """What a run asks for explicitly that differs from the record (None: not asked)."""
         out = []
+        if simplifier is not None and simplifier != self.simplifier:
+            out.append(f"simplifier {simplifier} (the mesh dir holds meshes simplified by {self.simplifier})")
         if mip is not None and int(mip) != self.mip:
             out.append(f"mip {mip} (the mesh dir holds mip {self.mip})")
         if max_error is not None and float(max_error) != self.max_error:

@@ -143,6 +143,7 @@ PAIRS = [
     (["--force"], "force: true"),
     (["--no-lod-chain", "--lod-error", "12"], "lod_chain: false\nlod_error: 12"),
     (["--lod-chain"], "lod_chain: true"),
+    (["--simplifier", "meshopt"], "simplifier: meshopt"),
 ]
 
 

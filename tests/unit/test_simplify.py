@@ -178,3 +178,52 @@ def test_meshopt_run_end_to_end_seams_and_closed_objects(synthetic_graph, tmp_pa
                 assert_stitched_like_layer2(job, root, (3, 4), read, has_mesh)
     assert closed["meshopt"][1] > 0 and closed["meshopt"] == closed["zmesh"]
     assert l2_bytes["meshopt"] != l2_bytes["zmesh"], "the job meshed layer 2 with meshoptimizer"
+
+
+def test_a_mesh_dir_keeps_its_simplifier_for_reruns_and_remeshing(synthetic, tmp_path, capsys, monkeypatch):
+    """``--simplifier meshopt`` is recorded in the run record: a plain rerun keeps it, one asking
+    for zmesh is refused (no dir of mixed meshes), and remeshing after an edit uses it."""
+    import datetime as dt
+    import json
+
+    from raymesh.builder import build_graph
+    from raymesh.cli import main as cli
+    from raymesh.cli_edit import remesher_for
+    from raymesh.edits import merge
+    from raymesh.formats.mesh_layout import RUN_RECORD
+    from raymesh.graph import open_store
+    from raymesh.runs.job import MeshJob
+    from raymesh.volume import read_block
+    from support import SYNTH_CHUNK, SYNTH_RES
+
+    labels, agg = synthetic
+    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    g = build_graph(labels, str(tmp_path), resolution=SYNTH_RES, chunk_size=SYNTH_CHUNK, agglomeration=agg,
+                    time_stamp=t0)
+    base = ["mesh", "--graph", g.store_url, "--layers", "2-4", "--executor", "serial", "--quiet",
+            "--time-stamp", str((t0 + dt.timedelta(seconds=30)).timestamp())]
+    assert cli(base + ["--simplifier", "meshopt"]) == 0
+    job = MeshJob(MeshConfig(graph=g.store_url))
+    assert json.loads(job.bucket.read(RUN_RECORD))["simplifier"] == "meshopt"
+    assert job.resolve_record() and job.config.simplifier == "meshopt", "a plain rerun keeps meshopt"
+    capsys.readouterr()
+    assert cli(["mesh", "--graph", g.store_url, "--layer", "2", "--executor", "serial", "--quiet", "--force",
+                "--simplifier", "zmesh"]) != 0, "a clash is refused"
+    assert "simplifier zmesh (the mesh dir holds meshes simplified by meshopt)" in capsys.readouterr().err
+
+    store = open_store(g.store_url)
+    sv = read_block(store.meta.segmentation_path, 0, np.zeros(3, int), np.asarray(store.meta.size_at(0)))
+    svs = np.unique(sv[sv > 0])
+    roots = np.asarray(store.get_roots(svs))
+    merge(store, int(svs[0]), int(svs[roots != roots[0]][0]), t0 + dt.timedelta(minutes=1))
+    import raymesh.layer2.mesh as layer2_mesh
+
+    used = []
+    real = layer2_mesh.simplified_meshes
+    monkeypatch.setattr(layer2_mesh, "simplified_meshes",
+                        lambda *a, **kw: used.append(kw.get("simplifier", a[4] if len(a) > 4 else "zmesh"))
+                        or real(*a, **kw))
+    remesher = remesher_for(g.store_url)
+    summary = remesher.run(remesher.nodes_since(None))
+    assert not summary.failures and sum(summary.written.values()) > 0
+    assert used and set(used) == {"meshopt"}, "the edit's layer-2 nodes were remeshed with meshoptimizer"
