@@ -19,7 +19,7 @@ demo: venv
 	@$(VENV)/bin/raymesh demo --out $(DEMO_OUT)
 
 test: venv
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 test-unit: venv
 	$(PY) -m pytest -q tests/unit
