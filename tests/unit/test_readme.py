@@ -125,7 +125,7 @@ def test_the_two_commands_are_what_the_readme_says():
     makefile = (REPO / "Makefile").read_text()
     assert re.search(r"^DEMO_OUT \?= demo_out$", makefile, re.M)
     assert re.search(r"^demo: venv\n\t@?\$\(VENV\)/bin/raymesh demo --out \$\(DEMO_OUT\)$", makefile, re.M)
-    assert re.search(r"^test: venv\n\t@?\$\(PY\) -m pytest -q tests$", makefile, re.M)
+    assert re.search(r"^test: venv\n\t@?\$\(PY\) -m pytest -q (--durations=\d+ )?tests$", makefile, re.M)
     readme = (REPO / "README.md").read_text()
     assert "make demo" in readme and "make test" in readme
 
