@@ -41,7 +41,9 @@ zmesh but kept 97.7% of the marching-cubes area and left a few points of that su
 80 nm away; at 0.48 (4.6 nm; 9.3 nm at minnie65's mip-2 32x32x40 nm) it measures at least as
 well as zmesh on every figure, every sampled distance within max_error and the area within 1%,
 with still fewer triangles and bytes (``benchmarks/simplifier.py``, the quick crop: 0.45,
-0.48, 0.52 and 0.62 side by side with zmesh, 2026-11-30).
+0.48, 0.52 and 0.62 side by side with zmesh, 2026-11-30). On the whole volume at 0.48: 2.81x
+zmesh's kernel rate, area 0.991 (zmesh 0.950), 9 of 12.8 M sampled points over max_error
+(zmesh 247), 7.6% fewer triangles.
 """
 
 from __future__ import annotations
