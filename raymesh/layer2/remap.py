@@ -211,12 +211,8 @@ def resolve_placeholders(seg: np.ndarray, unsafe: dict[int, list[int]],
         # it" keep their meaning and the component loop touches a sliver instead of the block.
         low = tuple(max(int(np.argmax(mask.any(axis=tuple(b for b in range(3) if b != axis)))) - 1, 0)
                     for axis in range(3))
-        if any(low):
-            mask = mask[low[0]:, low[1]:, low[2]:]
-            seg_view = seg[low[0]:, low[1]:, low[2]:]
-        else:
-            seg_view = seg
-        _resolve_components(seg_view, mask, np.asarray(sorted(candidates), dtype=np.uint64), fallback.get(a, 0))
+        part = (slice(low[0], None), slice(low[1], None), slice(low[2], None))  # views: written through
+        _resolve_components(seg[part], mask[part], np.asarray(sorted(candidates), dtype=np.uint64), fallback.get(a, 0))
     return seg
 
 
