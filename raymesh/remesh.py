@@ -27,8 +27,7 @@ import numpy as np
 
 from raymesh.errors import ConfigError, MeshingError
 from raymesh.graph.base import GraphError, read_ms, to_datetime
-from raymesh.formats.mesh_layout import DYNAMIC, RUN_RECORD, dynamic_name, lod_dynamic_key, lod_key
-from raymesh.runs.record import RecordError, RunRecord
+from raymesh.formats.mesh_layout import DYNAMIC, dynamic_name, lod_dynamic_key, lod_key
 
 
 @dataclass
@@ -57,11 +56,7 @@ class Remesher:
         self.settings = settings
         # The simplifier the initial meshes were made with (the mesh dir's run record; PCG's
         # zmesh where there is none), so a remeshed node looks like its neighbours.
-        data = job.bucket.read(RUN_RECORD)
-        try:
-            self.simplifier = RunRecord.from_bytes(data, job.mesh_url + RUN_RECORD).simplifier if data else "zmesh"
-        except RecordError as exc:
-            raise ConfigError(str(exc)) from None
+        self.simplifier = job.resolve_record().simplifier
         self.max_layer = int(settings["max_layer"])
         self.initial_ms = int(round(float(settings["initial_ts"]) * 1000))
 
