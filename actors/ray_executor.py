@@ -131,6 +131,35 @@ def start_local_ray(**kwargs) -> None:
             time.sleep(2.0 * attempt)
 
 
+CLIENT_CONNECT_TRIES = 3
+# What Ray Client's proxy answers when the per-client server it starts for this client dies or
+# races it at start-up (its proxier checks the new process's command line and can meet a zombie):
+# the cluster is up and the next connection gets a new server.
+_CLIENT_SERVER_FLAKES = ("Starting Ray client server failed", "start_specific_server", "SpecificServer startup")
+
+
+def client_server_flaked(exc: BaseException) -> bool:
+    """Whether ``ray.init("ray://...")`` failed because the proxy's per-client server did not
+    start (worth another connection), not because of the address, the token or the cluster."""
+    text = str(exc)
+    return any(marker in text for marker in _CLIENT_SERVER_FLAKES)
+
+
+def connect_ray(**kwargs) -> None:
+    """``ray.init`` of an existing cluster; over Ray Client, tried again when the proxy failed to
+    start this client's server (a flake of Ray's proxy on a loaded head, seen in CI)."""
+    client = str(kwargs.get("address", "")).startswith("ray://")
+    for attempt in range(1, CLIENT_CONNECT_TRIES + 1):
+        try:
+            ray.init(**kwargs)
+            return
+        except ConnectionError as exc:
+            if not client or not client_server_flaked(exc) or attempt == CLIENT_CONNECT_TRIES:
+                raise
+            ray.shutdown()
+            time.sleep(1.0 * attempt)
+
+
 class ReadProfile:
     """Per layer: chunks, task seconds, and the graph reads inside them (round trips, rows,
     seconds), summed over the tasks that meshed each chunk (``RayExecutor.profile``)."""
@@ -189,7 +218,7 @@ class RayExecutor:
                     kwargs["runtime_env"] = {"env_vars": passed}
             try:
                 if address:
-                    ray.init(**kwargs)
+                    connect_ray(**kwargs)
                 else:
                     start_local_ray(**kwargs)
             except (ConnectionError, RuntimeError, ValueError, ray.exceptions.AuthenticationError) as exc:

@@ -141,11 +141,9 @@ def test_without_the_token_the_client_is_told_what_to_set(head, graph, tmp_path)
 
 def test_the_demo_meshes_through_ray_client_with_the_token(head, graph, tmp_path):
     env = dict(_clean_env(tmp_path), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=head["token"])
+    # raymesh itself connects again when Ray's proxy fails to start the per-client server
+    # (actors.ray_executor.connect_ray): no retry here
     proc, _ = _mesh(graph, env, "--address", head["address"], "--mesh-dir", "client", "--json")
-    if proc.returncode == 2 and "Starting Ray client server failed" in proc.stderr:
-        # Ray's proxy could not start the per-client server (seen once on a loaded machine where
-        # other Ray heads take ports from the same 23000-24000 range): Ray's flake, try once more
-        proc, _ = _mesh(graph, env, "--address", head["address"], "--mesh-dir", "client", "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout)  # stdout is the summary JSON alone
     assert summary["executor"] == "RayExecutor"
@@ -162,3 +160,21 @@ def test_the_demo_meshes_through_ray_client_with_the_token(head, graph, tmp_path
     names = sorted(str(p.relative_to(a)) for p in a.rglob("*.shard"))
     assert names and names == sorted(str(p.relative_to(b)) for p in b.rglob("*.shard"))
     assert all(filecmp.cmp(a / n, b / n, shallow=False) for n in names), "the same shards as a local run"
+
+
+# What Ray's proxy answered in CI when the per-client server it had started was already a zombie
+# (Ray 2.5x, proxier.start_specific_server), and what it answers when that server exits at once.
+_ZOMBIE = ("Initialization failure from server:\nTraceback (most recent call last):\n  File \".../proxier.py\", "
+           "line 765, in Datapath\n    if not self.proxy_manager.start_specific_server(\n  ...\n"
+           "psutil.ZombieProcess: PID still exists but it's a zombie (pid=16577)")
+_FAILED = "Initialization failure from server:\nStarting Ray client server failed. See ray_client_server_23000.err"
+
+
+def test_only_the_proxys_own_start_up_failures_are_connected_again():
+    from actors.ray_executor import client_server_flaked
+
+    assert client_server_flaked(ConnectionAbortedError(_ZOMBIE))
+    assert client_server_flaked(ConnectionAbortedError(_FAILED))
+    for final in ("ray client connection timeout", "Authentication failed: invalid token",
+                  "Initialization failure from server:\nray.exceptions.RuntimeEnvSetupError: pip failed"):
+        assert not client_server_flaked(ConnectionError(final)), final
