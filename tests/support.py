@@ -128,10 +128,12 @@ def file_tree(folder) -> dict[str, bytes]:
 
 
 def cloudvolume_write(url, labels, encoding, *, resolution, compress=None, chunk=(64, 64, 64), offset=(0, 0, 0),
-                      sharded=False, data_encoding="gzip", shard_chunks=64):
+                      sharded=False, data_encoding="gzip", shard_chunks=64, region=None):
     """A one-scale segmentation as CloudVolume itself writes it (all-zero chunks left out, as with
     delete_black_uploads); ``sharded``: CloudVolume's own shard layout with about ``shard_chunks``
-    chunks per shard, written shard by shard."""
+    chunks per shard, written shard by shard. ``region`` ((lo, hi) in ``labels``' indices): write
+    only the chunks, or shards, that meet it; the rest of the volume stays missing, which readers
+    take as background."""
     from cloudvolume import Bbox, CloudVolume
 
     info = CloudVolume.create_new_info(1, "segmentation", "uint64", encoding, list(resolution), list(offset),
@@ -140,7 +142,8 @@ def cloudvolume_write(url, labels, encoding, *, resolution, compress=None, chunk
     cv = CloudVolume(url, info=info, progress=False, secrets=None, delete_black_uploads=True, **kwargs)
     if not sharded:
         cv.commit_info()
-        cv[Bbox(offset, np.add(offset, labels.shape))] = labels
+        lo, hi = _aligned(region, chunk, labels.shape)
+        cv[Bbox(lo + offset, hi + offset)] = labels[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
         return cv
     chunk_bytes = int(np.prod(chunk)) * 8
     cv.image.to_sharded(uncompressed_shard_bytesize=chunk_bytes * shard_chunks, max_shard_index_bytes=2**4 * 16,
@@ -151,8 +154,20 @@ def cloudvolume_write(url, labels, encoding, *, resolution, compress=None, chunk
     for lo in np.ndindex(*[-(-s // c) for s, c in zip(labels.shape, shard)]):
         lo = np.asarray(lo) * shard
         hi = np.minimum(lo + shard, labels.shape)
+        if region is not None and (np.any(hi <= region[0]) or np.any(lo >= region[1])):
+            continue
         cv[Bbox(lo + offset, hi + offset)] = labels[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2], None]
     return cv
+
+
+def _aligned(region, chunk, shape) -> tuple[np.ndarray, np.ndarray]:
+    """``region`` grown out to whole chunks (the whole volume when None)."""
+    if region is None:
+        return np.zeros(3, int), np.asarray(shape)
+    chunk = np.asarray(chunk)
+    lo = np.asarray(region[0]) // chunk * chunk
+    hi = np.minimum(-(-np.asarray(region[1]) // chunk) * chunk, shape)
+    return lo, hi
 
 
 def meshed_with_a_merge(synthetic, folder) -> str:
