@@ -17,7 +17,8 @@ import zmesh
 
 from raymesh.layer2.corners import ChunkView, corner_drops, corner_pairs, corner_patches, pair_chunks
 from raymesh.formats.draco import DracoError, DracoSettings, MeshGrid, encode
-from raymesh.layer2.remap import Neighbourhood, fetch_neighbourhoods, fetch_with_upper, relabel, remap_chunk, uncovered_by_lower
+from raymesh.layer2.remap import (GraphReads, Neighbourhood, fetch_neighbourhoods, fetch_with_upper, relabel, remap_chunk,
+                                  uncovered_by_lower)
 from raymesh.layer2.squares import patch_triangles, square_patches
 from raymesh.volume import read_block
 
@@ -281,6 +282,7 @@ class RemapCache:
     def __init__(self, meta, grid: MeshGrid, dust_threshold: int | None, key=None, size: int = 16,
                  plane_bytes: int = 64 * 2**20):
         self.meta, self.grid, self.dust_threshold, self.key, self.size = meta, grid, dust_threshold, key, size
+        self.reads = GraphReads()  # the graph rows and ancestors behind the blocks, kept alike
         self._items: OrderedDict[tuple[int, ...], tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self.plane_bytes = plane_bytes
         self._planes: OrderedDict[tuple[int, ...], list[tuple[np.ndarray, np.ndarray]]] = OrderedDict()
@@ -377,7 +379,8 @@ def corner_views(store, grid: MeshGrid, coords, view: ChunkView, known: dict[tup
     needed = sorted({c for a, b in pairs for c in pair_chunks(coords, a, b).values()})
     missing = [c for c in needed if c not in known]
     hoods = {**{c: known[c] for c in needed if c in known},
-             **dict(zip(missing, fetch_neighbourhoods(store, missing, time_stamp=time_stamp) if missing else []))}
+             **dict(zip(missing, fetch_neighbourhoods(store, missing, time_stamp=time_stamp, reads=cache.reads)
+                                     if missing else []))}
     views = {c: ChunkView(cache.get(c, h)[1], uncovered_by_lower(h)) for c, h in hoods.items()}
     return pairs, {k: {(a, b): views[pair_chunks(coords, a, b)[k]] for a, b in pairs} for k in ("P", "M", "U")}
 
@@ -392,8 +395,8 @@ def mesh_l2_chunk(store, grid: MeshGrid, coords, *, time_stamp=None, max_error: 
     layout = grid.layout
     coords = tuple(int(c) for c in coords)
     chunk_id = int(layout.chunk_id(2, *coords))
-    hood, upper = fetch_with_upper(store, coords, time_stamp=time_stamp)
     cache = remap_cache(store, grid, time_stamp, dust_threshold, share)
+    hood, upper = fetch_with_upper(store, coords, time_stamp=time_stamp, reads=cache.reads)
     seg, labels = cache.get(coords, hood)
     why = block_mismatch(seg, hood, grid.block_shape(2))
     if why is not None:

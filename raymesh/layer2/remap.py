@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
 import cc3d
@@ -72,7 +72,43 @@ def lower_neighbours(layout: ChunkLayout, coords) -> list[tuple[tuple[int, ...],
     return out
 
 
-def fetch_neighbourhoods(store, coords_list, time_stamp=None) -> list[Neighbourhood]:
+class GraphReads:
+    """What a job's graph reads at one time stamp gave, kept for its next chunks: each chunk's
+    latest layer-2 rows and each node's ancestors at the stop layers asked for. A chunk's
+    neighbourhood spans its 7 upper and 7 lower neighbours, so without this every chunk's rows
+    are read about four times over a job (each chunk is read as its own, as an upper neighbour's
+    and as lower neighbours'). Bounded by the supervoxel ids it holds; older chunks go first.
+
+    Only for a fixed time stamp (the rows and ancestors at T do not change) and within one job
+    (``remap.remap_cache``)."""
+
+    def __init__(self, max_ids: int = 8 * 2**20, max_ancestors: int = 4 * 2**20):
+        self.rows: OrderedDict[int, dict[int, np.ndarray]] = OrderedDict()
+        self.ancestors: dict[int, dict[int, int]] = {}  # stop layer -> node -> ancestor
+        self.max_ids, self.max_ancestors = max_ids, max_ancestors
+        self._ids = 0
+
+    def known_rows(self, chunk_id: int) -> dict[int, np.ndarray] | None:
+        rows = self.rows.get(chunk_id)
+        if rows is not None:
+            self.rows.move_to_end(chunk_id)
+        return rows
+
+    def keep_rows(self, chunk_id: int, rows: dict[int, np.ndarray]) -> None:
+        self.rows[chunk_id] = rows
+        self._ids += sum(len(v) for v in rows.values())
+        while self._ids > self.max_ids and len(self.rows) > 1:
+            _, old = self.rows.popitem(last=False)
+            self._ids -= sum(len(v) for v in old.values())
+
+    def keep_ancestors(self, stop: int, found: dict[int, int]) -> None:
+        if sum(len(a) for a in self.ancestors.values()) + len(found) > self.max_ancestors:
+            self.ancestors.clear()
+        self.ancestors.setdefault(stop, {}).update(found)
+
+
+def fetch_neighbourhoods(store, coords_list, time_stamp=None, reads: GraphReads | None = None
+                         ) -> list[Neighbourhood]:
     """Graph reads for several chunks at once: one batched range read (each chunk, its 7 positive
     neighbours and its up to 7 lower ones, with their parents where the store reads them from the
     same rows) and one batched ancestor walk, for all the stop layers
@@ -82,23 +118,32 @@ def fetch_neighbourhoods(store, coords_list, time_stamp=None) -> list[Neighbourh
 
     Ancestors are taken at ``time_stamp`` (PCG takes them at "now", pcg-compat.md 10.1; for
     initial meshing right after ingest both agree, and T is the faithful choice).
+
+    ``reads``: rows and ancestors already read in this job at this time stamp; only the rest is
+    read, and what is read is added to it.
     """
     reading = getattr(store, "reading", None)
     with reading() if reading is not None else contextlib.nullcontext():  # one read-gate slot for all
-        return _fetch_neighbourhoods(store, coords_list, time_stamp)
+        return _fetch_neighbourhoods(store, coords_list, time_stamp, reads if reads is not None else GraphReads())
 
 
-def _fetch_neighbourhoods(store, coords_list, time_stamp) -> list[Neighbourhood]:
+def _fetch_neighbourhoods(store, coords_list, time_stamp, reads: GraphReads) -> list[Neighbourhood]:
     layout = store.layout
     plans = [(layout.stop_layer(c), neighbour_chunks(layout, c), lower_neighbours(layout, c)) for c in coords_list]
     chunks = sorted({ch for _, near, below in plans
                      for ch in near + [int(layout.chunk_id(2, *c)) for _, c in below]})
-    # The nodes' parents come with them where the store reads both from the same rows (Bigtable);
-    # the ancestor walk then starts one layer up.
-    read = getattr(store, "range_read_chunks_with_parents", None)
-    chunk_rows, parents = read(chunks, time_stamp=time_stamp) if read else (
-        store.range_read_chunks(chunks, time_stamp=time_stamp), {})
-    rows = dict(zip(chunks, (latest_l2_nodes(r) for r in chunk_rows)))
+    rows = {ch: r for ch in chunks if (r := reads.known_rows(ch)) is not None}
+    unread = [ch for ch in chunks if ch not in rows]
+    parents: dict[int, int] = {}
+    if unread:
+        # The nodes' parents come with them where the store reads both from the same rows
+        # (Bigtable); the ancestor walk then starts one layer up.
+        read = getattr(store, "range_read_chunks_with_parents", None)
+        chunk_rows, parents = read(unread, time_stamp=time_stamp) if read else (
+            store.range_read_chunks(unread, time_stamp=time_stamp), {})
+        for ch, r in zip(unread, chunk_rows):
+            rows[ch] = latest_l2_nodes(r)
+            reads.keep_rows(ch, rows[ch])
     partial = []
     for stop, near, below in plans:
         own = dict(rows[near[0]])
@@ -106,13 +151,22 @@ def _fetch_neighbourhoods(store, coords_list, time_stamp) -> list[Neighbourhood]
         lower = {axes: (layout.stop_layer(c), sorted(rows[int(layout.chunk_id(2, *c))]))
                  for axes, c in below} if own else {}
         partial.append((stop, own, others, lower))
-    walk = sorted({n for _, own, others, lower in partial
-                   for n in [*own, *others, *(m for _, nodes in lower.values() for m in nodes)]})
+    nodes = {n for _, own, others, lower in partial
+             for n in [*own, *others, *(m for _, nodes in lower.values() for m in nodes)]}
     stops = sorted({stop for stop, *_ in partial} | {s for *_, lower in partial for s, _ in lower.values()})
-    ids = np.array(walk, dtype=np.uint64)
-    anc = (store.get_ancestors(ids, stops, time_stamp=time_stamp, parents=parents) if parents
-           else store.get_ancestors(ids, stops, time_stamp=time_stamp)) if walk else {}
-    ancestor_at = {s: dict(zip(walk, anc[s].tolist())) for s in stops} if walk else {s: {} for s in stops}
+    order = sorted(nodes)
+    known = [reads.ancestors.get(s, {}) for s in stops]
+    walk = [n for n in order if not all(n in k for k in known)]
+    found: dict[int, dict[int, int]] = {s: {} for s in stops}
+    if walk:
+        ids = np.array(walk, dtype=np.uint64)
+        anc = (store.get_ancestors(ids, stops, time_stamp=time_stamp, parents=parents) if parents
+               else store.get_ancestors(ids, stops, time_stamp=time_stamp))
+        found = {s: dict(zip(walk, anc[s].tolist())) for s in stops}
+    ancestor_at = {s: {n: (k[n] if n in k else new[n]) for n in order}  # node order as read, sorted
+                   for s, k, new in zip(stops, known, (found[s] for s in stops))}
+    for s in stops:
+        reads.keep_ancestors(s, found[s])
     out = []
     for stop, own, others, lower in partial:
         at = ancestor_at[stop]
@@ -138,11 +192,13 @@ def upper_neighbours(layout: ChunkLayout, coords) -> list[tuple[int, list[int]]]
     return out
 
 
-def fetch_with_upper(store, coords, time_stamp=None) -> tuple[Neighbourhood, list[tuple[int, list[int], Neighbourhood]]]:
+def fetch_with_upper(store, coords, time_stamp=None, reads: GraphReads | None = None
+                     ) -> tuple[Neighbourhood, list[tuple[int, list[int], Neighbourhood]]]:
     """What meshing one chunk reads from the graph, in one batch: its neighbourhood, and
     ``(axis, coords, neighbourhood)`` of each upper neighbour (``l2.neighbour_planes``)."""
     upper = upper_neighbours(store.layout, coords)
-    hood, *hoods = fetch_neighbourhoods(store, [coords] + [up for _, up in upper], time_stamp=time_stamp)
+    hood, *hoods = fetch_neighbourhoods(store, [coords] + [up for _, up in upper], time_stamp=time_stamp,
+                                        reads=reads)
     return hood, [(axis, up, h) for (axis, up), h in zip(upper, hoods)]
 
 

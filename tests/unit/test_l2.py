@@ -286,12 +286,20 @@ def test_a_chunk_and_its_upper_neighbours_share_one_batch_of_graph_reads(graph):
 
 def test_a_serial_run_reads_and_remaps_each_block_once_and_a_new_job_reads_afresh(graph, monkeypatch):
     """Layer 2 runs last chunk first, so a chunk's upper neighbours left their first planes in the
-    process's remap cache; the next job (another run id) reads and remaps everything again."""
+    process's remap cache, and every chunk's graph rows are read once (``remap.GraphReads``); the
+    next job (another run id) reads and remaps everything again."""
+    from collections import Counter
+
     import raymesh.layer2.mesh as mesh
+    from raymesh.graph.sqlite import SQLiteStore
 
     remapped = []
     real = mesh.remap_chunk
     monkeypatch.setattr(mesh, "remap_chunk", lambda seg, hood, **kw: remapped.append(1) or real(seg, hood, **kw))
+    rows_read = Counter()
+    read_chunk = SQLiteStore.range_read_chunk
+    monkeypatch.setattr(SQLiteStore, "range_read_chunk",
+                        lambda self, chunk_id, **kw: rows_read.update([chunk_id]) or read_chunk(self, chunk_id, **kw))
     config = _config(graph, time_stamp=2e9)
     job = MeshJob(config)
     chunks = [c for _, c in job.iter_chunks(2)]
@@ -299,9 +307,13 @@ def test_a_serial_run_reads_and_remaps_each_block_once_and_a_new_job_reads_afres
     run(config, progress=False)
     first = len(remapped)
     assert first == len(chunks), f"{first} remaps for {len(chunks)} chunks"
+    l2_chunks = {int(job.meta.layout.chunk_id(2, *c)) for c in chunks}
+    assert l2_chunks <= set(rows_read) and max(rows_read.values()) == 1, rows_read
     remapped.clear()
+    rows_read.clear()
     run(config.model_copy(update={"force": True}), progress=False)
     assert len(remapped) == first, "a new job does not use the last one's blocks"
+    assert l2_chunks <= set(rows_read) and max(rows_read.values()) == 1, "nor its graph rows"
 
 
 def test_placeholder_given_to_another_node_above_is_patched():
