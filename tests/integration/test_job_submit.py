@@ -61,7 +61,7 @@ def head():
         procs = [p for p in psutil.process_iter(["cmdline"]) if any(temp in a for a in (p.info["cmdline"] or []))]
         for p in procs:
             p.terminate()
-        _, alive = psutil.wait_procs(procs, timeout=15)
+        _, alive = psutil.wait_procs(procs, timeout=3)  # what ignores SIGTERM is killed
         for p in alive:
             p.kill()
         shutil.rmtree(temp, ignore_errors=True)
