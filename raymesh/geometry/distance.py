@@ -10,30 +10,41 @@ import numpy as np
 
 
 def closest_distance(p: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """Distance from each point to its triangle (rows of a, b, c), vectorised (Ericson 5.1.5)."""
+    """Distance from each point to its triangle (rows of a, b, c), vectorised (Ericson 5.1.5).
+    Each point's Voronoi region is found first and its closest point computed for its rows only
+    (the first region that holds, in Ericson's order). A degenerate triangle (two corners the
+    same) can come out as infinitely far, never as nearer than it is."""
     ab, ac = b - a, c - a
     ap, bp, cp = p - a, p - b, p - c
     d1, d2 = np.einsum("ij,ij->i", ab, ap), np.einsum("ij,ij->i", ac, ap)
     d3, d4 = np.einsum("ij,ij->i", ab, bp), np.einsum("ij,ij->i", ac, bp)
     d5, d6 = np.einsum("ij,ij->i", ab, cp), np.einsum("ij,ij->i", ac, cp)
     va, vb, vc = d3 * d6 - d5 * d4, d5 * d2 - d1 * d6, d1 * d4 - d3 * d2
+    regions = [(d1 <= 0) & (d2 <= 0), (d3 >= 0) & (d4 <= d3), (d6 >= 0) & (d5 <= d6),
+               (vc <= 0) & (d1 >= 0) & (d3 <= 0), (vb <= 0) & (d2 >= 0) & (d6 <= 0),
+               (va <= 0) & (d4 >= d3) & (d5 >= d6)]
+    region = np.select(regions, np.arange(len(regions)), default=len(regions))
     out = np.empty_like(p)
-    done = np.zeros(len(p), dtype=bool)
-
-    def put(mask, value):
-        m = mask & ~done
-        out[m] = value[m]
-        done[m] = True
-
     with np.errstate(divide="ignore", invalid="ignore"):
-        put((d1 <= 0) & (d2 <= 0), a)
-        put((d3 >= 0) & (d4 <= d3), b)
-        put((d6 >= 0) & (d5 <= d6), c)
-        put((vc <= 0) & (d1 >= 0) & (d3 <= 0), a + (d1 / (d1 - d3))[:, None] * ab)
-        put((vb <= 0) & (d2 >= 0) & (d6 <= 0), a + (d2 / (d2 - d6))[:, None] * ac)
-        put((va <= 0) & (d4 >= d3) & (d5 >= d6), b + ((d4 - d3) / ((d4 - d3) + (d5 - d6)))[:, None] * (c - b))
-        den = 1.0 / (va + vb + vc)
-        put(np.ones(len(p), dtype=bool), a + ab * (vb * den)[:, None] + ac * (vc * den)[:, None])
+        for r in range(len(regions) + 1):
+            i = np.flatnonzero(region == r)
+            if not len(i):
+                continue
+            if r == 0:
+                out[i] = a[i]
+            elif r == 1:
+                out[i] = b[i]
+            elif r == 2:
+                out[i] = c[i]
+            elif r == 3:
+                out[i] = a[i] + (d1[i] / (d1[i] - d3[i]))[:, None] * ab[i]
+            elif r == 4:
+                out[i] = a[i] + (d2[i] / (d2[i] - d6[i]))[:, None] * ac[i]
+            elif r == 5:
+                out[i] = b[i] + ((d4[i] - d3[i]) / ((d4[i] - d3[i]) + (d5[i] - d6[i])))[:, None] * (c[i] - b[i])
+            else:
+                den = 1.0 / (va[i] + vb[i] + vc[i])
+                out[i] = a[i] + ab[i] * (vb[i] * den)[:, None] + ac[i] * (vc[i] * den)[:, None]
     d = np.linalg.norm(p - out, axis=1)
     return np.where(np.isfinite(d), d, np.inf)
 
