@@ -65,10 +65,8 @@ def mesh_distance(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray, k
     k = min(k, len(faces))
     _, idx = tree.query(points, k=k)
     idx = idx.reshape(len(points), k)
-    best = np.full(len(points), np.inf)
-    for j in range(k):
-        t = tri[idx[:, j]]
-        best = np.minimum(best, closest_distance(points, t[:, 0], t[:, 1], t[:, 2]))
+    t = tri[idx.ravel()]  # all k candidates of all points in one call
+    best = closest_distance(np.repeat(points, k, axis=0), t[:, 0], t[:, 1], t[:, 2]).reshape(len(points), k).min(axis=1)
     far = np.flatnonzero(best > refine_above)
     if len(far):
         best[far] = _refined(points[far], best[far], tri, tree, radius)
