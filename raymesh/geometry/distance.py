@@ -49,6 +49,11 @@ def closest_distance(p: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray)
     return np.where(np.isfinite(d), d, np.inf)
 
 
+# Point-triangle pairs per closest_distance call: about 400 bytes of temporaries each, so ~26 MB
+# at a time; large enough that numpy's per-call overhead is small.
+PAIRS = 1 << 16
+
+
 def mesh_distance(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray, k: int = 16,
                   refine_above: float = 5.0) -> np.ndarray:
     """Exact distance from each point to the mesh: the k triangles with the nearest centroids
@@ -65,8 +70,13 @@ def mesh_distance(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray, k
     k = min(k, len(faces))
     _, idx = tree.query(points, k=k)
     idx = idx.reshape(len(points), k)
-    t = tri[idx.ravel()]  # all k candidates of all points in one call
-    best = closest_distance(np.repeat(points, k, axis=0), t[:, 0], t[:, 1], t[:, 2]).reshape(len(points), k).min(axis=1)
+    best = np.empty(len(points))
+    step = max(1, PAIRS // k)
+    for lo in range(0, len(points), step):  # the k candidates of many points per call, in bounded batches
+        hi = min(lo + step, len(points))
+        t = tri[idx[lo:hi].ravel()]
+        pts = np.repeat(points[lo:hi], k, axis=0)
+        best[lo:hi] = closest_distance(pts, t[:, 0], t[:, 1], t[:, 2]).reshape(hi - lo, k).min(axis=1)
     far = np.flatnonzero(best > refine_above)
     if len(far):
         best[far] = _refined(points[far], best[far], tri, tree, radius)
@@ -74,11 +84,12 @@ def mesh_distance(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray, k
 
 
 def _refined(points: np.ndarray, best: np.ndarray, tri: np.ndarray, tree, radius: float,
-             block: int = 512, max_pairs: int = 1 << 19) -> np.ndarray:
+             block: int = 512, max_pairs: int | None = None) -> np.ndarray:
     """``best`` lowered to the distance to every triangle whose centroid lies within it plus
     ``radius``. Ball queries for ``block`` points at a time, then their point-triangle pairs in
-    batches of about ``max_pairs``: a query and a distance call per point cost ~3.6 us a pair in
-    Python overhead, and all pairs at once can take gigabytes."""
+    batches of about ``max_pairs`` (``PAIRS``): a query and a distance call per point cost ~3.6 us
+    a pair in Python overhead, and all pairs at once can take gigabytes."""
+    max_pairs = max_pairs or PAIRS
     out = best.copy()
     for lo in range(0, len(points), block):
         hi = min(lo + block, len(points))
