@@ -49,9 +49,9 @@ def closest_distance(p: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray)
     return np.where(np.isfinite(d), d, np.inf)
 
 
-# Point-triangle pairs per closest_distance call: about 400 bytes of temporaries each, so ~26 MB
+# Point-triangle pairs per closest_distance call: about 400 bytes of temporaries each, so ~6.5 MB
 # at a time; large enough that numpy's per-call overhead is small.
-PAIRS = 1 << 16
+PAIRS = 1 << 14
 
 
 def mesh_distance(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray, k: int = 16,
