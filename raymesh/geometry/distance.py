@@ -84,14 +84,13 @@ def mesh_distance(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray, k
 
 
 def _refined(points: np.ndarray, best: np.ndarray, tri: np.ndarray, tree, radius: float,
-             block: int = 64, max_pairs: int | None = None) -> np.ndarray:
+             block: int = 64, max_pairs: int = PAIRS) -> np.ndarray:
     """``best`` lowered to the distance to every triangle whose centroid lies within it plus
     ``radius``. Ball queries for ``block`` points at a time, then their point-triangle pairs in
-    batches of about ``max_pairs`` (``PAIRS``): a query and a distance call per point cost ~3.6 us
+    batches of about ``max_pairs``: a query and a distance call per point cost ~3.6 us
     a pair in Python overhead, and all pairs at once can take gigabytes. The queries' answers are
     Python lists (~36 bytes an index, thousands of indices a point where the mesh's triangles are
     large), hence few points at a time."""
-    max_pairs = max_pairs or PAIRS
     out = best.copy()
     for lo in range(0, len(points), block):
         hi = min(lo + block, len(points))

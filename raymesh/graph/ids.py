@@ -135,7 +135,7 @@ class ChunkLayout:
 
     # ---- decoding ----------------------------------------------------------------------------
     def get_chunk_layer(self, ids: ArrayLike) -> np.ndarray | int:
-        if isinstance(ids, int):  # one id in a plain int: the stitching and LOD loops ask this often
+        if isinstance(ids, int) and 0 <= ids < 1 << 64:  # one id: the stitching and LOD loops ask this often
             return ids >> (64 - self.layer_id_bits)
         arr = _u64(ids)
         out = arr >> U64(64 - self.layer_id_bits)

@@ -163,8 +163,8 @@ def _fetch_neighbourhoods(store, coords_list, time_stamp, reads: GraphReads) -> 
         anc = (store.get_ancestors(ids, stops, time_stamp=time_stamp, parents=parents) if parents
                else store.get_ancestors(ids, stops, time_stamp=time_stamp))
         found = {s: dict(zip(walk, anc[s].tolist())) for s in stops}
-    ancestor_at = {s: {n: (k[n] if n in k else new[n]) for n in order}  # node order as read, sorted
-                   for s, k, new in zip(stops, known, (found[s] for s in stops))}
+    # in sorted node order, as when every node was walked
+    ancestor_at = {s: {n: k[n] if n in k else found[s][n] for n in order} for s, k in zip(stops, known)}
     for s in stops:
         reads.keep_ancestors(s, found[s])
     out = []
