@@ -163,15 +163,27 @@ class FragmentReader:
 
 
 class WholeShardReader(FragmentReader):
-    """PCG's way, kept as the benchmark baseline: read every child shard whole and keep it all."""
+    """Every child shard read whole, once, and kept (PCG's way, and the stitching benchmark's
+    baseline): a few reads instead of one per fragment, for a task that needs nearly every
+    fragment of its child shards.
 
-    def __init__(self, layout, sharding, read_whole: Callable[[int, int], bytes | None], key_of=shard_key):
-        super().__init__(layout, sharding, lambda layer, chunk: None, key_of)
+    ``whole(chunk)`` picks the chunks read whole; the others' fragments are read by range
+    (``open_shard``, as ``FragmentReader``): a LOD task needs every fragment of its chunk's
+    children but only the odd fragment of the lower layers' shards (a node whose children skip a
+    layer), and a whole layer-2 shard is the biggest file of all."""
+
+    def __init__(self, layout, sharding, read_whole: Callable[[int, int], bytes | None], key_of=shard_key,
+                 open_shard: Callable[[int, int], Callable[[int, int], bytes | None]] | None = None,
+                 whole: Callable[[int], bool] | None = None):
+        super().__init__(layout, sharding, open_shard or (lambda layer, chunk: lambda start, stop: None), key_of)
         self._read_whole = read_whole
+        self._whole = whole or (lambda chunk: True)
         self._values: dict[int, dict[int, bytes]] = {}
 
     def preload(self, nodes: Iterable[int]) -> None:
         for chunk in sorted({int(self.layout.get_chunk_id(n)) for n in nodes}):
+            if not self._whole(chunk):
+                continue
             layer = int(self.layout.get_chunk_layer(chunk))
             data = self._read_whole(layer, chunk)
             self.stats.shard_files += 1
@@ -182,11 +194,16 @@ class WholeShardReader(FragmentReader):
             self._values[chunk] = disassemble_shard(data, self.sharding(layer))
 
     def locate(self, node: int):
-        values = self._values.get(int(self.layout.get_chunk_id(node)), {})
+        values = self._values.get(int(self.layout.get_chunk_id(node)))
+        if values is None:
+            return super().locate(node)
         return (0, len(values[node])) if node in values else None
 
     def read(self, node: int, where=None) -> bytes | None:
-        return self._values.get(int(self.layout.get_chunk_id(node)), {}).get(node)
+        values = self._values.get(int(self.layout.get_chunk_id(node)))
+        if values is None:
+            return super().read(node, where)
+        return values.get(node)
 
 
 # ---- geometry -----------------------------------------------------------------------------------

@@ -58,14 +58,22 @@ def mesh_distance(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray, k
                   refine_above: float = 5.0) -> np.ndarray:
     """Exact distance from each point to the mesh: the k triangles with the nearest centroids
     first, then, for points farther than ``refine_above``, every triangle that could be closer
-    (centroid within the distance found plus the largest centroid-to-corner radius)."""
+    (centroid within the distance found plus the largest centroid-to-corner radius).
+
+    Triangles' corners are gathered a batch at a time (``PAIRS``), never for the whole mesh at
+    once: 72 bytes a face, plus the radius's temporaries, made this the biggest allocation of a
+    root-layer LOD task (a 386k-face node)."""
     from scipy.spatial import cKDTree
 
     if not len(faces):
         return np.full(len(points), np.inf)
-    tri = vertices[faces.astype(np.int64)]
-    cent = tri.mean(axis=1)
-    radius = float(np.linalg.norm(tri - cent[:, None, :], axis=2).max())
+    faces = np.asarray(faces, dtype=np.int64)
+    cent = np.empty((len(faces), 3))
+    radius = 0.0
+    for lo in range(0, len(faces), PAIRS):
+        tri = vertices[faces[lo:lo + PAIRS]]
+        cent[lo:lo + PAIRS] = tri.mean(axis=1)
+        radius = max(radius, float(np.linalg.norm(tri - cent[lo:lo + PAIRS, None, :], axis=2).max()))
     tree = cKDTree(cent)
     k = min(k, len(faces))
     _, idx = tree.query(points, k=k)
@@ -74,16 +82,16 @@ def mesh_distance(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray, k
     step = max(1, PAIRS // k)
     for lo in range(0, len(points), step):  # the k candidates of many points per call, in bounded batches
         hi = min(lo + step, len(points))
-        t = tri[idx[lo:hi].ravel()]
+        t = vertices[faces[idx[lo:hi].ravel()]]
         pts = np.repeat(points[lo:hi], k, axis=0)
         best[lo:hi] = closest_distance(pts, t[:, 0], t[:, 1], t[:, 2]).reshape(hi - lo, k).min(axis=1)
     far = np.flatnonzero(best > refine_above)
     if len(far):
-        best[far] = _refined(points[far], best[far], tri, tree, radius)
+        best[far] = _refined(points[far], best[far], vertices, faces, tree, radius)
     return best
 
 
-def _refined(points: np.ndarray, best: np.ndarray, tri: np.ndarray, tree, radius: float,
+def _refined(points: np.ndarray, best: np.ndarray, vertices: np.ndarray, faces: np.ndarray, tree, radius: float,
              block: int = 64, max_pairs: int = PAIRS) -> np.ndarray:
     """``best`` lowered to the distance to every triangle whose centroid lies within it plus
     ``radius``. Ball queries for ``block`` points at a time, then their point-triangle pairs in
@@ -108,7 +116,7 @@ def _refined(points: np.ndarray, best: np.ndarray, tri: np.ndarray, tree, radius
                 continue
             near = np.fromiter(itertools.chain.from_iterable(lists[i] for i in rows), dtype=np.int64,
                                count=int(counts[rows].sum()))
-            t = tri[near]
+            t = vertices[faces[near]]
             d = closest_distance(points[lo + np.repeat(rows, counts[rows])], t[:, 0], t[:, 1], t[:, 2])
             first = np.concatenate([[0], np.cumsum(counts[rows])[:-1]])
             out[lo + rows] = np.minimum(out[lo + rows], np.minimum.reduceat(d, first))

@@ -132,8 +132,8 @@ def bounded_collapse(vertices: np.ndarray, faces: np.ndarray, lock: np.ndarray, 
 
     Each round collapses, then measures the removed vertices: their distance to the nearest kept
     vertex bounds their distance to the surface from above, and the few over ``error`` get the
-    exact point-to-triangle distance; those still over it are locked and the collapse is redone
-    (a thin part keeps its tip instead of shrinking). A result with more open edges than the
+    exact point-to-triangle distance; those still over it are locked, with their neighbours, and
+    the collapse is redone (a thin part keeps its tip instead of shrinking). A result with more open edges than the
     input (a tear: a closed object would show a hole) is redone at half the target. After
     ``rounds``, the input is kept unsimplified. Edges shared by more than two faces (two thin
     sheets collapsed onto each other) are allowed: the surface stays closed, as a viewer sees it.
@@ -168,6 +168,11 @@ def bounded_collapse(vertices: np.ndarray, faces: np.ndarray, lock: np.ndarray, 
             suspects = suspects[exact > error]
         if not len(suspects):
             return out_v, out_f
+        # Lock each one with its ring of neighbours: meshoptimizer never moves a locked vertex,
+        # but it can still drop one, when every neighbour collapses onto one vertex and every
+        # face around it is left degenerate (a thin tip cut off at its base).
+        ring = np.isin(faces, suspects).any(axis=1)
+        lock[faces[ring].ravel()] = True
         lock[suspects] = True
     return vertices, faces
 

@@ -101,6 +101,25 @@ def test_every_node_has_a_lod_mesh_that_keeps_borders_and_the_child_grid(meshed)
     assert checked >= 10
 
 
+def test_a_lod_task_reads_its_childrens_shards_whole_and_lower_layers_by_range(meshed):
+    """A node whose children skip a layer needs the odd fragment of a lower layer's shard; reading
+    those shards whole held every layer-2 shard under the root chunk at once."""
+    _, jobs = meshed
+    job = jobs["lod"][0]
+    layout = job.meta.layout
+    plain = job.lod_reader()
+    skipped = 0
+    for chunk, plan in _plans(job, 4):
+        descendants = [d for ds in plan.descendants.values() for d in ds]
+        reader = job.lod_reader(whole_below=3)
+        reader.preload(descendants)
+        assert {int(layout.get_chunk_layer(c)) for c in reader._values} == {3}
+        for desc in descendants:
+            assert reader.read(desc) == plain.read(desc)
+            skipped += int(layout.get_chunk_layer(desc)) < 3
+    assert skipped, "the synthetic graph has no layer-4 node with a layer-2 child: this test checks nothing"
+
+
 def test_each_lod_is_within_its_budget_and_interior_objects_stay_closed(meshed):
     graph, jobs = meshed
     job = jobs["lod"][0]
@@ -275,6 +294,38 @@ def test_a_node_smaller_than_the_error_keeps_its_mesh():
     f = np.array([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]])
     out_v, out_f = bounded_collapse(v, f, np.zeros(4, bool), 100.0)
     assert len(out_f) == 4 and len(out_v) == 4
+
+
+def test_a_thin_spike_is_kept_and_the_rest_still_simplified():
+    """meshoptimizer never moves a locked vertex but drops one whose neighbours all collapse onto
+    one vertex (a thin tip cut off at its base): locking the tip alone never held, and after its
+    rounds the node kept its whole input unsimplified (a fifth of the real volume's layer-3 and
+    layer-4 faces). Locking the tip's ring of neighbours with it keeps the tip and lets the rest go."""
+    import trimesh
+
+    from raymesh.geometry.distance import mesh_distance
+    from raymesh.lod.geometry import bounded_collapse
+    from raymesh.simplify import collapse_locked
+
+    sphere = trimesh.creation.icosphere(subdivisions=4, radius=1000.0)
+    v, f = np.array(sphere.vertices), np.array(sphere.faces)
+    tip = int(np.argmax(v[:, 2]))
+    ring = np.setdiff1d(np.unique(f[(f == tip).any(axis=1)]), [tip])
+    foot = v[tip].copy()
+    side = v[ring] - foot
+    side[:, 2] = 0
+    v[ring] = foot + side / np.linalg.norm(side, axis=1)[:, None] * 10.0 - [0, 0, 5]  # a 10 nm base
+    v[tip] = foot + [0, 0, 600]  # 600 nm tall
+
+    alone = np.zeros(len(v), bool)
+    alone[tip] = True
+    _, _, kept = collapse_locked(v, f, alone, 40.0, return_kept=True, keep_components=False)
+    assert tip not in kept  # what meshoptimizer does with the tip locked alone
+
+    out_v, out_f = bounded_collapse(v, f, np.zeros(len(v), bool), 80.0)
+    assert len(out_f) < len(f) // 10
+    assert (out_v == v[tip]).all(axis=1).any()
+    assert mesh_distance(v, out_v, out_f.astype(np.int64), k=4, refine_above=40.0).max() <= 80.0
 
 
 def test_a_dir_with_the_chain_keeps_it_on_a_plain_rerun(meshed):
