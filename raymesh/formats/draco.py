@@ -7,6 +7,7 @@ chunk boundary decode to the same coordinates, and what stitching relies on.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -102,7 +103,12 @@ class MeshGrid:
         return DracoSettings(bits, rng, tuple(int(v) for v in origin))
 
     def next_layer_settings(self, prev: DracoSettings, chunk_id: int) -> DracoSettings:
-        """Settings for a parent chunk from its child's (PCG get_next_layer_draco_encoding_settings)."""
+        """Settings for a parent chunk from its child's (PCG get_next_layer_draco_encoding_settings).
+        Memoised: every fragment lifted through a chunk asks the same question (a LOD task lifts
+        tens of thousands), and both arguments and the grid are immutable."""
+        return _next_layer_settings(self, prev, int(chunk_id))
+
+    def _next_layer_settings(self, prev: DracoSettings, chunk_id: int) -> DracoSettings:
         layer = int(self.layout.get_chunk_layer(chunk_id))
         b_old = prev.range // (2**prev.bits - 1)
         r_min = float(np.max(self.block_shape(layer) * np.asarray(self.resolution))) + 2 * b_old
@@ -121,6 +127,11 @@ class MeshGrid:
             if settings.bin != b:
                 return None
         return b
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _next_layer_settings(grid: MeshGrid, prev: DracoSettings, chunk_id: int) -> DracoSettings:
+    return grid._next_layer_settings(prev, chunk_id)
 
 
 def snap(vertices: np.ndarray, settings: DracoSettings) -> np.ndarray:

@@ -65,6 +65,17 @@ def open_edge_vertices(n_vertices: int, faces: np.ndarray) -> np.ndarray:
     return mask
 
 
+def pieces_open_edge_vertices(parts: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """``open_edge_vertices`` of each piece, in the pieces' concatenation: one count over every
+    piece's edges at once (their indices offset apart, so no edge of one piece meets another's),
+    not a count per piece, thousands of small ones in a layer-3 task."""
+    counts = np.array([len(v) for v, _ in parts], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    faces = np.concatenate([np.asarray(f, dtype=np.int64) + o for (_, f), o in zip(parts, offsets)]) \
+        if parts else np.zeros((0, 3), dtype=np.int64)
+    return open_edge_vertices(int(counts.sum()), faces)
+
+
 @dataclass
 class LodMesh:
     vertices: np.ndarray  # float64 (n, 3) nm
@@ -96,23 +107,23 @@ def simplify_node(grid: MeshGrid, chunk_id: int, pieces: list[tuple[int, np.ndar
     node's layer, as stitching does)."""
     layer = int(grid.layout.get_chunk_layer(chunk_id))
     planes = seam_planes(grid, chunk_id)
-    parts, locks, settings = [], [], None
-    input_faces = 0
+    parts, settings = [], None
     layout = grid.layout
     for desc, vertices, faces, s in pieces:
         lifted, s_out = lift_fragment(grid, vertices, s, desc, layer)
         settings = settings or s_out
         lifted = onto_own_side(grid, lifted, int(layout.get_chunk_id(desc)), planes)
         parts.append((lifted, faces))
-        locks.append(open_edge_vertices(len(lifted), faces))
-        input_faces += len(faces)
     if settings is None:
         raise DracoError("no descendant has a mesh")
+    input_faces = sum(len(f) for _, f in parts)
+    lock = pieces_open_edge_vertices(parts)
     # The merged mesh starts with the off-plane vertices, in order; the deduplicated on-plane
     # ones after them are all locked.
     vertices, faces, off = merge_across_boundaries(parts, planes, return_off=True)
     merged_lock = np.ones(len(vertices), dtype=bool)
-    merged_lock[:len(off)] = np.concatenate(locks)[off]
+    merged_lock[:len(off)] = lock[off]
+    del lock
     vertices, faces = bounded_collapse(vertices, faces, merged_lock, error)
     return LodMesh(vertices, faces, input_faces), settings
 
