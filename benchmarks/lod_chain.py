@@ -193,7 +193,7 @@ def main() -> None:
                             "lod_part": round(s_lod.lod_seconds, 2)},
                 "bytes": {"full": s_full.bytes_written, "lod": s_lod.lod_bytes},
                 "meshes": {"full": s_full.fragments, "lod": s_lod.lod_fragments, "nodes": s_full.nodes,
-                           "unstitched_full": s_full.unstitched},
+                           "unstitched_full": s_full.unstitched, "lod_unsimplified": s_lod.lod_unsimplified},
                 "triangles": {"full": layer_triangles(full_job, layer, False), "lod": layer_triangles(lod_job, layer, True)},
                 "task_peak": {"chunk": list(coords), "lod_input_bytes": inputs,
                               "full": measure(full_job.config, layer, coords, whole=False),

@@ -141,6 +141,9 @@ def summary_lines(summary) -> list[str]:
         if layer.lod_fragments or (layer.layer > 2 and layer.lod_seconds):
             lines.append(f"  LOD chain: {layer.lod_fragments} meshes, {layer.lod_faces} triangles, "
                          f"{layer.lod_bytes} bytes, {layer.lod_seconds:.1f} s of the layer's time")
+            if layer.lod_unsimplified:
+                lines.append(f"  LOD chain: {layer.lod_unsimplified} meshes kept unsimplified (their checked collapse "
+                             "ran out of rounds; within budget, but as big as their inputs)")
         lines.extend(f"  redone: {why}" for why in layer.redone)
     if summary.graph_meta:
         lines.append(summary.graph_meta)

@@ -81,6 +81,7 @@ class LodMesh:
     vertices: np.ndarray  # float64 (n, 3) nm
     faces: np.ndarray  # (m, 3)
     input_faces: int  # faces of the descendants' meshes it was made from
+    unsimplified: bool = False  # the checked collapse ran out of rounds: its input kept as it was
 
 
 def onto_own_side(grid: MeshGrid, vertices: np.ndarray, desc_chunk: int, planes: np.ndarray) -> np.ndarray:
@@ -131,8 +132,8 @@ def simplify_node(grid: MeshGrid, chunk_id: int, pieces: list[tuple[int, np.ndar
     merged_lock = np.ones(len(vertices), dtype=bool)
     merged_lock[:len(off)] = lock[off]
     del lock
-    vertices, faces = bounded_collapse(vertices, faces, merged_lock, error)
-    return LodMesh(vertices, faces, input_faces), settings
+    vertices, faces, gave_up = bounded_collapse(vertices, faces, merged_lock, error, report=True)
+    return LodMesh(vertices, faces, input_faces, gave_up), settings
 
 
 # meshoptimizer's collapse target as a fraction of the error a layer may add. Its error is a
@@ -152,7 +153,7 @@ VERTEX_FRACTION = 0.85
 
 
 def bounded_collapse(vertices: np.ndarray, faces: np.ndarray, lock: np.ndarray, error: float,
-                     rounds: int = 4) -> tuple[np.ndarray, np.ndarray]:
+                     rounds: int = 4, report: bool = False):
     """``collapse_locked`` whose result keeps every input vertex within ``VERTEX_FRACTION *
     error`` of its surface, leaving the rest of ``error`` to the faces between them.
 
@@ -161,8 +162,13 @@ def bounded_collapse(vertices: np.ndarray, faces: np.ndarray, lock: np.ndarray, 
     of shrinking). A result with more open edges than the input (a tear: a closed object would
     show a hole) is redone at half the target. After ``rounds``, the input is kept unsimplified.
     Edges shared by more than two faces (two thin sheets collapsed onto each other) are allowed:
-    the surface stays closed, as a viewer sees it.
+    the surface stays closed, as a viewer sees it. Returns ``(vertices, faces)``; ``report``: also
+    whether the rounds ran out (the run's summary counts those nodes: each was once a fifth of the
+    heavy nodes' faces, unseen).
     """
+    def done(v: np.ndarray, f: np.ndarray):
+        return (v, f, False) if report else (v, f)
+
     faces = np.asarray(faces)
     lock = np.array(lock, dtype=bool)
     target = float(error) * TARGET_FRACTION
@@ -172,26 +178,26 @@ def bounded_collapse(vertices: np.ndarray, faces: np.ndarray, lock: np.ndarray, 
         # smaller than the error: then it is below this LOD's detail, and may go.
         out_v, out_f, kept = collapse_locked(vertices, faces, lock, target, return_kept=True, keep_components=False)
         if len(out_f) == len(faces):
-            return out_v, out_f
+            return done(out_v, out_f)
         if not len(out_f):  # the whole node is smaller than the error: it keeps its mesh as it is
-            return vertices, faces
+            return done(vertices, faces)
         if edge_counts(out_f)[0] > before:
             target /= 2
             continue
         gone = np.ones(len(vertices), dtype=bool)
         gone[kept] = False
         if not gone.any():
-            return out_v, out_f
+            return done(out_v, out_f)
         far = _farther_than(error * VERTEX_FRACTION, vertices, gone, out_v, out_f)
         if not far.any():
-            return out_v, out_f
+            return done(out_v, out_f)
         # Lock them with their ring of neighbours: meshoptimizer never moves a locked vertex, but
         # it can still drop one, when every neighbour collapses onto one vertex and every face
         # around it is left degenerate (a thin tip cut off at its base).
         ring = far[faces].any(axis=1)
         lock[faces[ring].ravel()] = True
         lock[far] = True
-    return vertices, faces
+    return (vertices, faces, True) if report else (vertices, faces)
 
 
 def _farther_than(error: float, vertices: np.ndarray, gone: np.ndarray, out_v: np.ndarray, out_f: np.ndarray
@@ -239,7 +245,7 @@ def lod_node(grid: MeshGrid, chunk_id: int, fragments: list[tuple[int, bytes]], 
         for desc, data in fragments:
             cell = child_cell(grid, int(grid.layout.get_chunk_id(desc)), planes)
             groups.setdefault(cell, []).append((desc, data))
-    cells, settings, input_faces = [], None, 0
+    cells, settings, input_faces, unsimplified = [], None, 0, False
     for group in groups.values():
         pieces = []
         for desc, data in group:
@@ -252,12 +258,13 @@ def lod_node(grid: MeshGrid, chunk_id: int, fragments: list[tuple[int, bytes]], 
         del pieces
         settings = settings or s  # the first fragment's, lifted, as stitching's (7.4)
         input_faces += mesh.input_faces
+        unsimplified |= mesh.unsimplified
         cells.append((mesh.vertices, mesh.faces))
     if len(cells) == 1:
         vertices, faces = cells[0]
     else:
         vertices, faces = merge_across_boundaries(cells, planes)
-    mesh = LodMesh(vertices, faces, input_faces)
+    mesh = LodMesh(vertices, faces, input_faces, unsimplified)
     return encode(mesh.vertices, mesh.faces, settings), mesh
 
 

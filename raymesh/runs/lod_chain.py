@@ -20,6 +20,7 @@ from raymesh.formats.sharding import ShardError, check_shard
 from raymesh.storage import RangeError
 
 if TYPE_CHECKING:
+    from raymesh.lod.geometry import LodMesh
     from raymesh.runs.summary import ChunkStats
     from raymesh.stitch import StitchPlan
 
@@ -105,12 +106,13 @@ class LodChunks:
         failures: list[str] = []
         try:
             for node in canonical_order(plan.descendants, self.sharding(layer)):
-                data, faces, why = self._lod_node(plan, node, reader)
+                data, mesh, why = self._lod_node(plan, node, reader)
                 if why:
                     failures.append(why)
                 elif data is not None:
                     builder.add(node, data)
-                    stats.lod_faces += faces
+                    stats.lod_faces += len(mesh.faces)
+                    stats.lod_unsimplified += int(mesh.unsimplified)
             if failures:
                 self.record_outcome(layer, coords, stats.failures + failures)
             stats.lod_fragments = len(builder)
@@ -121,8 +123,8 @@ class LodChunks:
         stats.lod_seconds = time.perf_counter() - t0
         return stats
 
-    def _lod_node(self, plan: "StitchPlan", node: int, reader) -> tuple[bytes | None, int, str | None]:
-        """One node's LOD fragment, its face count, or why it has none."""
+    def _lod_node(self, plan: "StitchPlan", node: int, reader) -> tuple[bytes | None, "LodMesh | None", str | None]:
+        """One node's LOD fragment and mesh, or why it has none."""
         from raymesh.formats.draco import DracoError
         from raymesh.lod.geometry import lod_node
         from raymesh.stitch import ChildFragmentError
@@ -133,24 +135,24 @@ class LodChunks:
             try:
                 data = reader.read(desc)
             except MeshingError as exc:
-                return None, 0, f"{node}: LOD input of {desc}: {exc}"
+                return None, None, f"{node}: LOD input of {desc}: {exc}"
             if data is None:
                 if layout.get_chunk_layer(desc) > 2:  # a gap in the chain below: never paper over it
-                    return None, 0, (f"{node}: its descendant {desc} (layer {layout.get_chunk_layer(desc)}) has no "
-                                     "LOD mesh; rerun that layer with the LOD chain on")
+                    return None, None, (f"{node}: its descendant {desc} (layer {layout.get_chunk_layer(desc)}) has "
+                                        "no LOD mesh; rerun that layer with the LOD chain on")
                 continue  # a layer-2 node too small to mesh, as stitching tolerates
             frags.append((desc, data))
         if not frags:
-            return None, 0, None  # nothing under it was meshed: no LOD either (stitching says so)
+            return None, None, None  # nothing under it was meshed: no LOD either (stitching says so)
         try:
             data, mesh = lod_node(self.grid, plan.chunk_id, frags, self.lod_error(plan.layer))
         except ChildFragmentError as exc:
             self.mark_failed(exc.child, f"the fragment of node {exc.child} did not decode when the LOD of layer "
                              f"{plan.layer} node {node} was made")
-            return None, 0, f"{node}: the fragment of its descendant {exc.child} does not decode ({exc}); rerun its chunk"
+            return None, None, f"{node}: the fragment of its descendant {exc.child} does not decode ({exc}); rerun its chunk"
         except DracoError as exc:
-            return None, 0, f"{node}: its LOD mesh failed ({exc})"
-        return data, len(mesh.faces), None
+            return None, None, f"{node}: its LOD mesh failed ({exc})"
+        return data, mesh, None
 
     def _lod_after(self, stats: "ChunkStats", layer: int, coords, plan: "StitchPlan | None") -> None:
         """The LOD shard of a chunk whose stitching just finished (``plan``: its plan, when at hand)."""

@@ -28,6 +28,7 @@ class ChunkStats:
     lod_fragments: int = 0  # LOD-chain meshes written (layers 3 and up)
     lod_bytes: int = 0  # size of the chunk's LOD shard
     lod_faces: int = 0  # triangles in them
+    lod_unsimplified: int = 0  # LOD meshes whose checked collapse ran out of rounds: input kept whole
     lod_seconds: float = 0.0
 
 
@@ -51,6 +52,7 @@ class LayerSummary:
     lod_fragments: int = 0
     lod_bytes: int = 0
     lod_faces: int = 0
+    lod_unsimplified: int = 0
     lod_seconds: float = 0.0
 
     def add(self, s: ChunkStats) -> None:
@@ -71,6 +73,7 @@ class LayerSummary:
         self.lod_fragments += s.lod_fragments
         self.lod_bytes += s.lod_bytes
         self.lod_faces += s.lod_faces
+        self.lod_unsimplified += s.lod_unsimplified
         self.lod_seconds += s.lod_seconds
 
 

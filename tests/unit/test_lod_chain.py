@@ -66,6 +66,7 @@ def test_initial_is_unchanged_and_lod_shards_are_deterministic(meshed):
     assert tree == file_tree(os.path.join(again, "lod"))
     summary = jobs["lod"][1]
     assert [s.lod_fragments > 0 for s in summary.layers] == [False, True, True]
+    assert [s.lod_unsimplified for s in summary.layers] == [0, 0, 0]
 
 
 def _plans(job, layer):
@@ -365,10 +366,14 @@ def test_a_thin_spike_is_kept_and_the_rest_still_simplified():
     _, _, kept = collapse_locked(v, f, alone, 40.0, return_kept=True, keep_components=False)
     assert tip not in kept  # what meshoptimizer does with the tip locked alone
 
-    out_v, out_f = bounded_collapse(v, f, np.zeros(len(v), bool), 80.0)
-    assert len(out_f) < len(f) // 10
+    out_v, out_f, gave_up = bounded_collapse(v, f, np.zeros(len(v), bool), 80.0, report=True)
+    assert not gave_up and len(out_f) < len(f) // 10
     assert (out_v == v[tip]).all(axis=1).any()
     assert mesh_distance(v, out_v, out_f.astype(np.int64), k=4, refine_above=40.0).max() <= 80.0 * VERTEX_FRACTION
+    # one round finds the tip too far and locks it, with none left to redo the collapse: the input
+    # is kept whole, and said so (the run's summary counts such nodes)
+    once_v, once_f, gave_up = bounded_collapse(v, f, np.zeros(len(v), bool), 80.0, rounds=1, report=True)
+    assert gave_up and len(once_f) == len(f)
 
 
 def test_a_dir_with_the_chain_keeps_it_on_a_plain_rerun(meshed):
