@@ -177,7 +177,7 @@ def main() -> None:
         full_job, lod_job = runs["full"][-1][2], runs["lod"][-1][2]
         stitch_full = float(np.median([r[1] for r in runs["full"]]))
         stitch_lod = float(np.median([r[1] for r in runs["lod"]]))
-        runs = {name: (r[-1][0], r[-1][1]) for name, r in runs.items()}
+        last = {name: r[-1][0] for name, r in runs.items()}  # the summaries of the dirs kept
         full_root = Path(local_path(full_job.mesh_url)) / "initial"
         lod_root = Path(local_path(lod_job.mesh_url)) / "initial"
         identical = all((lod_root / p.relative_to(full_root)).read_bytes() == p.read_bytes()
@@ -185,8 +185,8 @@ def main() -> None:
 
         per_layer = {}
         for layer in range(3, top + 1):
-            s_full = next(s for s in runs["full"][0].layers if s.layer == layer)
-            s_lod = next(s for s in runs["lod"][0].layers if s.layer == layer)
+            s_full = next(s for s in last["full"].layers if s.layer == layer)
+            s_lod = next(s for s in last["lod"].layers if s.layer == layer)
             coords, inputs = heaviest_lod_chunk(lod_job, layer)
             per_layer[str(layer)] = {
                 "seconds": {"full": round(s_full.seconds, 2), "with_lod": round(s_lod.seconds, 2),
@@ -201,14 +201,12 @@ def main() -> None:
             }
             per_layer[str(layer)]["task_peak"]["full"].pop("shard", None)
             print(json.dumps({"layer": layer, **per_layer[str(layer)]}), file=sys.stderr, flush=True)
-        growth = {}
-        for mode in ("full", "lod"):
-            growth[mode] = {str(layer): round(per_layer[str(layer)]["task_peak"][mode]["rss_mib"]
-                                              / max(per_layer[str(layer - 1)]["task_peak"][mode]["rss_mib"], 0.01), 2)
-                            for layer in range(4, top + 1)}
-        working = {mode: {str(layer): round(per_layer[str(layer)]["task_peak"][mode]["working_mib"]
-                                            / max(per_layer[str(layer - 1)]["task_peak"][mode]["working_mib"], 0.01), 2)
-                          for layer in range(4, top + 1)} for mode in ("full", "lod")}
+        def growth(metric: str) -> dict:
+            """Each layer's task peak over the layer below's, per mode."""
+            peak = {layer: per_layer[str(layer)]["task_peak"] for layer in range(3, top + 1)}
+            return {mode: {str(layer): round(peak[layer][mode][metric] / max(peak[layer - 1][mode][metric], 0.01), 2)
+                           for layer in range(4, top + 1)} for mode in ("full", "lod")}
+
         meta = lod_job.meta
         sv = read_block(meta.segmentation_path, 0, np.zeros(3, int), np.asarray(meta.size_at(0)))
         figures = {
@@ -218,9 +216,9 @@ def main() -> None:
             "lod_extra_each_repeat": shares,
             "initial_identical": identical,
             "per_layer": per_layer,
-            "task_rss_growth_per_layer": growth,
-            "lod_rss_growth_max": max(growth["lod"].values(), default=None),
-            "task_working_growth_per_layer": working,
+            "task_rss_growth_per_layer": growth("rss_mib"),
+            "lod_rss_growth_max": max(growth("rss_mib")["lod"].values(), default=None),
+            "task_working_growth_per_layer": growth("working_mib"),
             "quality": quality(g.store_url, "lod", args.roots, sv),
         }
     emit("lod_chain", figures, {"volume": "connectomics.npy", "crop": "256x256x128" if args.quick else "512^3",

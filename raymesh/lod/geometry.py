@@ -108,13 +108,13 @@ def child_cell(grid: MeshGrid, desc_chunk: int, planes: np.ndarray) -> tuple[boo
 
 
 def simplify_node(grid: MeshGrid, chunk_id: int, pieces: list[tuple[int, np.ndarray, np.ndarray, object]],
-                  error: float) -> tuple[LodMesh, object]:
+                  error: float, planes: np.ndarray | None = None) -> tuple[LodMesh, object]:
     """The node's LOD mesh from its descendants' decoded meshes ``(desc, vertices, faces, settings)``.
 
     Returns the mesh and the Draco settings to encode it with (the first piece's, lifted to the
-    node's layer, as stitching does)."""
+    node's layer, as stitching does). ``planes``: the chunk's ``seam_planes``, when at hand."""
     layer = int(grid.layout.get_chunk_layer(chunk_id))
-    planes = seam_planes(grid, chunk_id)
+    planes = seam_planes(grid, chunk_id) if planes is None else planes
     parts, settings = [], None
     layout = grid.layout
     for desc, vertices, faces, s in pieces:
@@ -132,7 +132,7 @@ def simplify_node(grid: MeshGrid, chunk_id: int, pieces: list[tuple[int, np.ndar
     merged_lock = np.ones(len(vertices), dtype=bool)
     merged_lock[:len(off)] = lock[off]
     del lock
-    vertices, faces, gave_up = bounded_collapse(vertices, faces, merged_lock, error, report=True)
+    vertices, faces, gave_up = bounded_collapse(vertices, faces, merged_lock, error)
     return LodMesh(vertices, faces, input_faces, gave_up), settings
 
 
@@ -153,7 +153,7 @@ VERTEX_FRACTION = 0.85
 
 
 def bounded_collapse(vertices: np.ndarray, faces: np.ndarray, lock: np.ndarray, error: float,
-                     rounds: int = 4, report: bool = False):
+                     rounds: int = 4) -> tuple[np.ndarray, np.ndarray, bool]:
     """``collapse_locked`` whose result keeps every input vertex within ``VERTEX_FRACTION *
     error`` of its surface, leaving the rest of ``error`` to the faces between them.
 
@@ -162,13 +162,10 @@ def bounded_collapse(vertices: np.ndarray, faces: np.ndarray, lock: np.ndarray, 
     of shrinking). A result with more open edges than the input (a tear: a closed object would
     show a hole) is redone at half the target. After ``rounds``, the input is kept unsimplified.
     Edges shared by more than two faces (two thin sheets collapsed onto each other) are allowed:
-    the surface stays closed, as a viewer sees it. Returns ``(vertices, faces)``; ``report``: also
-    whether the rounds ran out (the run's summary counts those nodes: each was once a fifth of the
-    heavy nodes' faces, unseen).
+    the surface stays closed, as a viewer sees it. Returns ``(vertices, faces, ran_out)``:
+    whether the rounds ran out (the run's summary counts those nodes: they were once a fifth of
+    the heavy nodes' faces, unseen).
     """
-    def done(v: np.ndarray, f: np.ndarray):
-        return (v, f, False) if report else (v, f)
-
     faces = np.asarray(faces)
     lock = np.array(lock, dtype=bool)
     target = float(error) * TARGET_FRACTION
@@ -178,26 +175,26 @@ def bounded_collapse(vertices: np.ndarray, faces: np.ndarray, lock: np.ndarray, 
         # smaller than the error: then it is below this LOD's detail, and may go.
         out_v, out_f, kept = collapse_locked(vertices, faces, lock, target, return_kept=True, keep_components=False)
         if len(out_f) == len(faces):
-            return done(out_v, out_f)
+            return out_v, out_f, False
         if not len(out_f):  # the whole node is smaller than the error: it keeps its mesh as it is
-            return done(vertices, faces)
+            return vertices, faces, False
         if edge_counts(out_f)[0] > before:
             target /= 2
             continue
         gone = np.ones(len(vertices), dtype=bool)
         gone[kept] = False
         if not gone.any():
-            return done(out_v, out_f)
+            return out_v, out_f, False
         far = _farther_than(error * VERTEX_FRACTION, vertices, gone, out_v, out_f)
         if not far.any():
-            return done(out_v, out_f)
+            return out_v, out_f, False
         # Lock them with their ring of neighbours: meshoptimizer never moves a locked vertex, but
         # it can still drop one, when every neighbour collapses onto one vertex and every face
         # around it is left degenerate (a thin tip cut off at its base).
         ring = far[faces].any(axis=1)
         lock[faces[ring].ravel()] = True
         lock[far] = True
-    return (vertices, faces, True) if report else (vertices, faces)
+    return vertices, faces, True
 
 
 def _farther_than(error: float, vertices: np.ndarray, gone: np.ndarray, out_v: np.ndarray, out_f: np.ndarray
@@ -254,7 +251,7 @@ def lod_node(grid: MeshGrid, chunk_id: int, fragments: list[tuple[int, bytes]], 
             except DracoError as exc:
                 raise ChildFragmentError(desc, exc) from exc
             pieces.append((desc, frag.vertices, frag.faces, frag.settings))
-        mesh, s = simplify_node(grid, chunk_id, pieces, error)
+        mesh, s = simplify_node(grid, chunk_id, pieces, error, planes)
         del pieces
         settings = settings or s  # the first fragment's, lifted, as stitching's (7.4)
         input_faces += mesh.input_faces

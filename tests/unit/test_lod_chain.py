@@ -336,7 +336,7 @@ def test_a_node_smaller_than_the_error_keeps_its_mesh():
 
     v = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], float)
     f = np.array([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]])
-    out_v, out_f = bounded_collapse(v, f, np.zeros(4, bool), 100.0)
+    out_v, out_f, _ = bounded_collapse(v, f, np.zeros(4, bool), 100.0)
     assert len(out_f) == 4 and len(out_v) == 4
 
 
@@ -366,13 +366,13 @@ def test_a_thin_spike_is_kept_and_the_rest_still_simplified():
     _, _, kept = collapse_locked(v, f, alone, 40.0, return_kept=True, keep_components=False)
     assert tip not in kept  # what meshoptimizer does with the tip locked alone
 
-    out_v, out_f, gave_up = bounded_collapse(v, f, np.zeros(len(v), bool), 80.0, report=True)
+    out_v, out_f, gave_up = bounded_collapse(v, f, np.zeros(len(v), bool), 80.0)
     assert not gave_up and len(out_f) < len(f) // 10
     assert (out_v == v[tip]).all(axis=1).any()
     assert mesh_distance(v, out_v, out_f.astype(np.int64), k=4, refine_above=40.0).max() <= 80.0 * VERTEX_FRACTION
     # one round finds the tip too far and locks it, with none left to redo the collapse: the input
     # is kept whole, and said so (the run's summary counts such nodes)
-    once_v, once_f, gave_up = bounded_collapse(v, f, np.zeros(len(v), bool), 80.0, rounds=1, report=True)
+    once_v, once_f, gave_up = bounded_collapse(v, f, np.zeros(len(v), bool), 80.0, rounds=1)
     assert gave_up and len(once_f) == len(f)
 
 
