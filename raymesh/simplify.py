@@ -154,8 +154,15 @@ def collapse_locked(vertices: np.ndarray, faces: np.ndarray, lock: np.ndarray, e
         if not kept.all():  # put back, unsimplified, what the collapses removed entirely
             gone = ~kept[comp[indices.reshape(-1, 3)[:, 0]]]
             out = np.concatenate([out, indices.reshape(-1, 3)[gone]])
-    used, inverse = np.unique(out, return_inverse=True)
-    result = vertices[used], inverse.reshape(-1, 3).astype(faces.dtype, copy=False)
+    # The kept vertices in input order and the faces renumbered onto them (what np.unique with
+    # return_inverse gives, without its sorted copy and 64-bit inverse of every index).
+    keep = np.zeros(len(v32), dtype=bool)
+    keep[out] = True
+    used = np.flatnonzero(keep)
+    del keep
+    rank = np.zeros(len(v32), dtype=faces.dtype if faces.dtype.kind in "iu" else np.int64)
+    rank[used] = np.arange(len(used), dtype=rank.dtype)
+    result = vertices[used], rank[out].astype(faces.dtype, copy=False)
     return (*result, used) if return_kept else result
 
 

@@ -17,7 +17,8 @@ from raymesh.formats.draco import DracoError, DracoSettings, MeshGrid, decode, e
 from raymesh.errors import MeshingError
 from raymesh.graph.ids import ChunkLayout
 from raymesh.formats.mesh_layout import shard_key
-from raymesh.formats.sharding import ShardError, ShardingSpec, disassemble_shard, minishard_table
+from raymesh.formats.sharding import (ShardError, ShardingSpec, decode_value, disassemble_shard, minishard_table,
+                                     shard_locations)
 from raymesh.storage import RangeError
 
 
@@ -98,6 +99,9 @@ class FragmentReader:
 
     def preload(self, nodes: Iterable[int]) -> None:
         """Nothing to do: fragments are read when asked for (``WholeShardReader`` loads here)."""
+
+    def close(self) -> None:
+        """Nothing to let go of (``SpooledShardReader`` has a scratch file)."""
 
     def _where(self, chunk: int) -> str:
         layer = int(self.layout.get_chunk_layer(chunk))
@@ -191,7 +195,10 @@ class WholeShardReader(FragmentReader):
                 raise MeshingError(f"{self._where(chunk)} has no shard file ({self.key_of(self.layout, layer, chunk)}): "
                                    f"run layer {layer} before the layers above it")
             self.stats.bytes_read += len(data)
-            self._values[chunk] = disassemble_shard(data, self.sharding(layer))
+            self._keep(chunk, layer, data)
+
+    def _keep(self, chunk: int, layer: int, data: bytes) -> None:
+        self._values[chunk] = disassemble_shard(data, self.sharding(layer))
 
     def locate(self, node: int):
         values = self._values.get(int(self.layout.get_chunk_id(node)))
@@ -204,6 +211,57 @@ class WholeShardReader(FragmentReader):
         if values is None:
             return super().read(node, where)
         return values.get(node)
+
+
+class SpooledShardReader(WholeShardReader):
+    """``WholeShardReader`` whose shards, each read whole once (a few reads, not one per fragment:
+    what keeps remote storage's latency out of a task), are kept in an unlinked local scratch file
+    instead of memory, their fragments read back by offset. A task holds one shard at a time,
+    however big its children's are: a root-layer LOD task held every child shard (2.7 MiB of the
+    real volume's 512^3, half that task's peak; on a bigger dataset, the whole layer below). Call
+    ``close`` when done (the file also goes when the reader is collected)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._scratch = None
+
+    def _keep(self, chunk: int, layer: int, data: bytes) -> None:
+        import tempfile
+
+        if self._scratch is None:
+            self._scratch = tempfile.TemporaryFile(prefix="raymesh-shards-")
+        base = self._scratch.seek(0, 2)
+        self._scratch.write(data)
+        self._scratch.flush()
+        self._values[chunk] = {key: (base + start, size)
+                               for key, (start, size) in shard_locations(data, self.sharding(layer)).items()}
+
+    def locate(self, node: int):
+        values = self._values.get(int(self.layout.get_chunk_id(node)))
+        if values is None:
+            return FragmentReader.locate(self, node)
+        return (0, values[node][1]) if node in values else None
+
+    def read(self, node: int, where=None) -> bytes | None:
+        import os
+
+        chunk = int(self.layout.get_chunk_id(node))
+        values = self._values.get(chunk)
+        if values is None:
+            return FragmentReader.read(self, node, where)
+        if node not in values:
+            return None
+        start, size = values[node]
+        data = os.pread(self._scratch.fileno(), size, start)
+        if len(data) != size:
+            raise MeshingError(f"the local copy of the shard of {self._where(chunk)} is short (fragment of {node}); "
+                               "is the scratch disk full?")
+        return decode_value(data, self.sharding(int(self.layout.get_chunk_layer(chunk))))
+
+    def close(self) -> None:
+        if self._scratch is not None:
+            self._scratch.close()
+            self._scratch = None
 
 
 # ---- geometry -----------------------------------------------------------------------------------
@@ -242,36 +300,45 @@ def merge_across_boundaries(parts: list[tuple[np.ndarray, np.ndarray]], planes: 
 
     Vertices off the planes keep their order; on-plane vertices are deduplicated by exact position
     (lexicographically sorted) and appended after them. This is a stitching task's largest
-    allocation (a node's whole mesh decoded), so ``parts`` is emptied once concatenated (the
-    caller's list: its arrays are freed before the merge allocates more), and faces are int32,
-    offset in place (Draco's indices are 32-bit anyway). ``return_off``: also the off-plane
-    vertices' indices in the concatenation, in their merged order (the merged mesh's first ones).
+    allocation (a node's whole mesh decoded), and the last step of a big LOD node's, so the merged
+    arrays are filled a part at a time and each part is let go of once copied (``parts``, the
+    caller's list, is emptied): the parts and the merged mesh are never held twice over. Faces are
+    int32 (Draco's indices are 32-bit anyway). ``return_off``: also the off-plane vertices'
+    indices in the concatenation, in their merged order (the merged mesh's first ones).
     """
-    vertices = np.concatenate([v for v, _ in parts]).astype(np.float64, copy=False)
+    aligned = [(v[:, 0] == planes[0]) | (v[:, 1] == planes[1]) | (v[:, 2] == planes[2]) for v, _ in parts]
+    n_off = sum(int((~a).sum()) for a in aligned)
+    on_plane = [v[a] for (v, _), a in zip(parts, aligned)]
+    n_on = [len(o) for o in on_plane]
+    if sum(n_on):
+        uniq, inverse = np.unique(np.concatenate(on_plane).astype(np.float64, copy=False), axis=0, return_inverse=True)
+        inverse = inverse.reshape(-1).astype(np.int32)
+    else:
+        uniq, inverse = np.zeros((0, 3)), np.zeros(0, dtype=np.int32)
+    del on_plane
+    merged = np.empty((n_off + len(uniq), 3), dtype=np.float64)
+    merged[n_off:] = uniq
+    del uniq
     faces = np.empty((sum(len(f) for _, f in parts), 3), dtype=np.int32)
-    at, offset = 0, 0
-    for v, f in parts:
-        block = faces[at:at + len(f)]
-        block[...] = f
-        block += offset
-        at, offset = at + len(f), offset + len(v)
-    parts.clear()
-    if not len(vertices):
-        return (vertices, faces, np.zeros(0, dtype=np.int64)) if return_off else (vertices, faces)
-    aligned = (vertices[:, 0] == planes[0]) | (vertices[:, 1] == planes[1]) | (vertices[:, 2] == planes[2])
-    off = np.flatnonzero(~aligned)
-    on = np.flatnonzero(aligned)
-    del aligned
-    uniq, inverse = np.unique(vertices[on], axis=0, return_inverse=True)
-    new_index = np.empty(len(vertices), dtype=np.int32)
-    new_index[off] = np.arange(len(off), dtype=np.int32)
-    new_index[on] = len(off) + inverse.reshape(-1)
-    merged = np.empty((len(off) + len(uniq), 3), dtype=np.float64)
-    np.take(vertices, off, axis=0, out=merged[:len(off)], mode="clip")  # "raise" buffers a copy
-    merged[len(off):] = uniq
-    del vertices, uniq, inverse
-    faces = new_index[faces]  # np.take would widen the int32 indices to a 64-bit copy
-    return (merged, faces, off) if return_off else (merged, faces)
+    off_index = np.empty(n_off, dtype=np.int64) if return_off else None
+    at_face = at_off = at_on = offset = 0
+    parts.reverse()
+    aligned.reverse()
+    while parts:
+        v, f = parts.pop()
+        a = aligned.pop()
+        off = np.flatnonzero(~a)
+        new_index = np.empty(len(v), dtype=np.int32)
+        new_index[off] = np.arange(at_off, at_off + len(off), dtype=np.int32)
+        on_count = len(v) - len(off)
+        new_index[a] = n_off + inverse[at_on:at_on + on_count]
+        merged[at_off:at_off + len(off)] = v[off]
+        if off_index is not None:
+            off_index[at_off:at_off + len(off)] = off + offset
+        faces[at_face:at_face + len(f)] = new_index[f]
+        at_face, at_off, at_on, offset = at_face + len(f), at_off + len(off), at_on + on_count, offset + len(v)
+        del v, f, a, off, new_index
+    return (merged, faces, off_index) if return_off else (merged, faces)
 
 
 def stitch_node(grid: MeshGrid, chunk_id: int, node: int, fragments: list[tuple[int, bytes]]) -> bytes:

@@ -307,17 +307,29 @@ def bytes_reader(buf: bytes | memoryview | np.ndarray) -> Callable[[int, int], b
     return read
 
 
-def disassemble_shard(buf: bytes | np.ndarray, spec: ShardingSpec) -> dict[int, bytes]:
-    """Every ``{key: value}`` of a shard (what PCG's stitching reads; also for verification)."""
+def shard_locations(buf: bytes | np.ndarray, spec: ShardingSpec) -> dict[int, tuple[int, int]]:
+    """Every key's ``(start, size)`` in a shard's bytes (its value still encoded)."""
     read = bytes_reader(buf)
-    out: dict[int, bytes] = {}
+    out: dict[int, tuple[int, int]] = {}
     for m in range(1 << spec.minishard_bits):
         table = minishard_table(read, m, spec)
         if table is None:
             break
         for key, start, size in table:
-            out[int(key)] = _decode(read(int(start), int(start + size)), spec.data_encoding)
+            out[int(key)] = (int(start), int(size))
     return out
+
+
+def decode_value(data: bytes, spec: ShardingSpec) -> bytes:
+    """A value as stored (``spec.data_encoding``) to its bytes."""
+    return _decode(data, spec.data_encoding)
+
+
+def disassemble_shard(buf: bytes | np.ndarray, spec: ShardingSpec) -> dict[int, bytes]:
+    """Every ``{key: value}`` of a shard (what PCG's stitching reads; also for verification)."""
+    read = bytes_reader(buf)
+    return {key: _decode(read(start, start + size), spec.data_encoding)
+            for key, (start, size) in shard_locations(buf, spec).items()}
 
 
 def compute_shard_params_for_hashed(num_labels: int, shard_index_bytes: int = 2**13,

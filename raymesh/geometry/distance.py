@@ -4,8 +4,6 @@ on one surface to the other, the measure the simplifier and LOD benchmarks and t
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 
 
@@ -49,9 +47,11 @@ def closest_distance(p: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray)
     return np.where(np.isfinite(d), d, np.inf)
 
 
-# Point-triangle pairs per closest_distance call: about 400 bytes of temporaries each, so ~6.5 MB
-# at a time; large enough that numpy's per-call overhead is small.
-PAIRS = 1 << 14
+# Point-triangle pairs per closest_distance call: about 400 bytes of temporaries each, so ~0.8 MB
+# at a time. Numpy's per-call overhead is already small at 512 (0.55-0.7 us a pair measured from
+# 512 to 16384 pairs a call); at 16384 these temporaries set the peak of every LOD task of the
+# real volume (6-17 MiB, more than the meshes being checked).
+PAIRS = 1 << 11
 
 
 def mesh_distance(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray, k: int = 16,
@@ -74,7 +74,7 @@ def mesh_distance(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray, k
         tri = vertices[faces[lo:lo + PAIRS]]
         cent[lo:lo + PAIRS] = tri.mean(axis=1)
         radius = max(radius, float(np.linalg.norm(tri - cent[lo:lo + PAIRS, None, :], axis=2).max()))
-    tree = cKDTree(cent)
+    tree = cKDTree(cent, balanced_tree=False)
     k = min(k, len(faces))
     _, idx = tree.query(points, k=k)
     idx = idx.reshape(len(points), k)
@@ -92,34 +92,38 @@ def mesh_distance(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray, k
 
 
 def _refined(points: np.ndarray, best: np.ndarray, vertices: np.ndarray, faces: np.ndarray, tree, radius: float,
-             block: int = 64, max_pairs: int = PAIRS) -> np.ndarray:
+             max_pairs: int = PAIRS) -> np.ndarray:
     """``best`` lowered to the distance to every triangle whose centroid lies within it plus
-    ``radius``. Ball queries for ``block`` points at a time, then their point-triangle pairs in
-    batches of about ``max_pairs``: a query and a distance call per point cost ~3.6 us
-    a pair in Python overhead, and all pairs at once can take gigabytes. The queries' answers are
-    Python lists (~36 bytes an index, thousands of indices a point where the mesh's triangles are
-    large), hence few points at a time."""
+    ``radius`` (no other triangle can be nearer), at most ``max_pairs`` point-triangle pairs at a
+    time, however many triangles a point has within reach: one large triangle makes ``radius``,
+    and so every point's reach, large. Each point's count is asked first (no lists); points are
+    then taken in groups, fewest candidates first, whose count times their largest count fits in
+    ``max_pairs``, and a group's candidates are fetched as its nearest centroids by rank (numpy
+    arrays; a point with more candidates than ``max_pairs`` has them fetched a slice of ranks at
+    a time). The nearest ``count`` centroids within the group's largest reach are exactly a point's
+    own candidates, or as near."""
     out = best.copy()
-    for lo in range(0, len(points), block):
-        hi = min(lo + block, len(points))
-        lists = tree.query_ball_point(points[lo:hi], best[lo:hi] + radius)
-        counts = np.fromiter((len(near) for near in lists), dtype=np.int64, count=hi - lo)
-        ends = np.cumsum(counts)
-        start = 0
-        while start < hi - lo:
-            # points [start, stop): at least one, and no more pairs than max_pairs beyond it
-            before = int(ends[start - 1]) if start else 0
-            stop = max(start + 1, int(np.searchsorted(ends, before + max_pairs, "right")))
-            rows = np.arange(start, stop)[counts[start:stop] > 0]
-            start = stop
-            if not len(rows):
-                continue
-            near = np.fromiter(itertools.chain.from_iterable(lists[i] for i in rows), dtype=np.int64,
-                               count=int(counts[rows].sum()))
-            t = vertices[faces[near]]
-            d = closest_distance(points[lo + np.repeat(rows, counts[rows])], t[:, 0], t[:, 1], t[:, 2])
-            first = np.concatenate([[0], np.cumsum(counts[rows])[:-1]])
-            out[lo + rows] = np.minimum(out[lo + rows], np.minimum.reduceat(d, first))
+    reach = best + radius
+    counts = np.asarray(tree.query_ball_point(points, reach, return_length=True), dtype=np.int64)
+    order = np.argsort(counts, kind="stable")
+    order = order[counts[order] > 0]
+    i = 0
+    while i < len(order):
+        j, widest = i + 1, int(counts[order[i]])
+        while j < len(order) and (j - i + 1) * int(counts[order[j]]) <= max_pairs:
+            widest = int(counts[order[j]])
+            j += 1
+        rows = order[i:j]
+        i = j
+        per_call = max(1, max_pairs // len(rows))
+        for first in range(0, widest, per_call):
+            ranks = list(range(first + 1, min(widest, first + per_call) + 1))
+            _, near = tree.query(points[rows], k=ranks, distance_upper_bound=float(reach[rows].max()))
+            valid = near < tree.n
+            owner = np.broadcast_to(rows[:, None], near.shape)[valid]
+            t = vertices[faces[near[valid]]]
+            d = closest_distance(points[owner], t[:, 0], t[:, 1], t[:, 2])
+            np.minimum.at(out, owner, d)
     return out
 
 

@@ -44,24 +44,20 @@ def lod_step(base_error: float, layer: int, growth: float = 2.0) -> float:
     return lod_budget(base_error, layer, growth) - below
 
 
-def edge_counts(faces: np.ndarray) -> tuple[int, int]:
-    """``(open, non-manifold)`` edges: used by one face, by more than two."""
-    from raymesh.verify.geometry import edge_use
+def open_edge_count(faces: np.ndarray) -> int:
+    """Edges used by one face: where a surface stops (a chunk face) or is torn."""
+    from raymesh.verify.geometry import single_edges
 
-    if not len(faces):
-        return 0, 0
-    use = edge_use(np.asarray(faces))
-    return int((use == 1).sum()), int((use > 2).sum())
+    return len(single_edges(np.asarray(faces))) if len(faces) else 0
 
 
 def open_edge_vertices(n_vertices: int, faces: np.ndarray) -> np.ndarray:
     """Vertices on an edge that one face uses: where a piece's surface stops on its chunk's faces."""
-    from raymesh.verify.geometry import edge_use
+    from raymesh.verify.geometry import single_edges
 
     mask = np.zeros(n_vertices, dtype=bool)
     if len(faces):
-        edges, counts = edge_use(np.asarray(faces), return_edges=True)
-        mask[edges[counts == 1].ravel()] = True
+        mask[single_edges(np.asarray(faces)).ravel()] = True
     return mask
 
 
@@ -112,13 +108,18 @@ def simplify_node(grid: MeshGrid, chunk_id: int, pieces: list[tuple[int, np.ndar
     """The node's LOD mesh from its descendants' decoded meshes ``(desc, vertices, faces, settings)``.
 
     Returns the mesh and the Draco settings to encode it with (the first piece's, lifted to the
-    node's layer, as stitching does). ``planes``: the chunk's ``seam_planes``, when at hand."""
+    node's layer, as stitching does). ``planes``: the chunk's ``seam_planes``, when at hand.
+    ``pieces`` is emptied as they are lifted, so a decoded piece is not held beside its lifted
+    copy and the collapse (a LOD task's peak)."""
     layer = int(grid.layout.get_chunk_layer(chunk_id))
     planes = seam_planes(grid, chunk_id) if planes is None else planes
     parts, settings = [], None
     layout = grid.layout
-    for desc, vertices, faces, s in pieces:
+    pieces.reverse()
+    while pieces:  # each decoded piece let go of once lifted: the caller's list is emptied
+        desc, vertices, faces, s = pieces.pop()
         lifted, s_out = lift_fragment(grid, vertices, s, desc, layer)
+        del vertices
         settings = settings or s_out
         lifted = onto_own_side(grid, lifted, int(layout.get_chunk_id(desc)), planes)
         parts.append((lifted, faces))
@@ -169,7 +170,7 @@ def bounded_collapse(vertices: np.ndarray, faces: np.ndarray, lock: np.ndarray, 
     faces = np.asarray(faces)
     lock = np.array(lock, dtype=bool)
     target = float(error) * TARGET_FRACTION
-    before = edge_counts(faces)[0]
+    before = open_edge_count(faces)
     for _ in range(rounds):
         # A piece removed whole shows below as input vertices far from the output, unless it is
         # smaller than the error: then it is below this LOD's detail, and may go.
@@ -178,7 +179,7 @@ def bounded_collapse(vertices: np.ndarray, faces: np.ndarray, lock: np.ndarray, 
             return out_v, out_f, False
         if not len(out_f):  # the whole node is smaller than the error: it keeps its mesh as it is
             return vertices, faces, False
-        if edge_counts(out_f)[0] > before:
+        if open_edge_count(out_f) > before:
             target /= 2
             continue
         gone = np.ones(len(vertices), dtype=bool)
@@ -197,6 +198,12 @@ def bounded_collapse(vertices: np.ndarray, faces: np.ndarray, lock: np.ndarray, 
     return vertices, faces, True
 
 
+# Output triangles (nearest centroids) a suspect is first measured against; those still over the
+# error are measured exactly against every triangle that could be nearer, so this only trades
+# the first pass's work against the exact pass's: the answer is the same for any value.
+SUSPECT_CANDIDATES = 4
+
+
 def _farther_than(error: float, vertices: np.ndarray, gone: np.ndarray, out_v: np.ndarray, out_f: np.ndarray
                   ) -> np.ndarray:
     """Removed input vertices (a mask) farther than ``error`` from the output surface. The
@@ -207,11 +214,11 @@ def _farther_than(error: float, vertices: np.ndarray, gone: np.ndarray, out_v: n
     from raymesh.geometry.distance import mesh_distance
 
     removed = np.flatnonzero(gone)
-    near, _ = cKDTree(out_v).query(vertices[removed])
+    near, _ = cKDTree(out_v, balanced_tree=False).query(vertices[removed], distance_upper_bound=error)
     suspects = removed[near > error]
     if len(suspects):
         exact = mesh_distance(np.asarray(vertices[suspects], np.float64), out_v, out_f.astype(np.int64),
-                              k=4, refine_above=error)
+                              k=SUSPECT_CANDIDATES, refine_above=error)
         suspects = suspects[exact > error]
     far = np.zeros(len(vertices), dtype=bool)
     far[suspects] = True
@@ -242,21 +249,27 @@ def lod_node(grid: MeshGrid, chunk_id: int, fragments: list[tuple[int, bytes]], 
         for desc, data in fragments:
             cell = child_cell(grid, int(grid.layout.get_chunk_id(desc)), planes)
             groups.setdefault(cell, []).append((desc, data))
-    cells, settings, input_faces, unsimplified = [], None, 0, False
-    for group in groups.values():
+    # The biggest cell first: the simplified cells wait for the merge, and a small cell's work
+    # beside them costs less than the biggest's. They are merged in their own order, so the
+    # result does not depend on this one.
+    order = sorted(range(len(groups)), key=lambda i: -sum(len(data) for _, data in list(groups.values())[i]))
+    cells: list = [None] * len(groups)
+    settings, input_faces, unsimplified = [None] * len(groups), 0, False
+    for i in order:
         pieces = []
-        for desc, data in group:
+        for desc, data in list(groups.values())[i]:
             try:
                 frag = decode(data)
             except DracoError as exc:
                 raise ChildFragmentError(desc, exc) from exc
             pieces.append((desc, frag.vertices, frag.faces, frag.settings))
-        mesh, s = simplify_node(grid, chunk_id, pieces, error, planes)
-        del pieces
-        settings = settings or s  # the first fragment's, lifted, as stitching's (7.4)
+            del frag
+        mesh, settings[i] = simplify_node(grid, chunk_id, pieces, error, planes)
         input_faces += mesh.input_faces
         unsimplified |= mesh.unsimplified
-        cells.append((mesh.vertices, mesh.faces))
+        cells[i] = (mesh.vertices, mesh.faces)
+        del mesh
+    settings = settings[0]  # the first fragment's (its cell comes first), lifted, as stitching's (7.4)
     if len(cells) == 1:
         vertices, faces = cells[0]
     else:

@@ -59,13 +59,14 @@ class LodChunks:
     def lod_reader(self, whole_below: int | None = None):
         """Fragments of the LOD chain by node: layer 2 from ``initial/``, higher from ``lod/``.
 
-        ``whole_below``: the shards of that layer's chunks are read whole, once (``preload``), and
-        the lower layers' fragments by range. A chunk's LOD work needs nearly every fragment of its
-        children's shards (a few reads instead of one per fragment; LOD shards stay small at every
-        layer) but only the odd fragment of a lower layer's (a node whose children skip a layer),
-        and reading those whole held every layer-2 shard under the root chunk at once (22 MiB of
-        the root task's traced peak on the real volume)."""
-        from raymesh.stitch import FragmentReader, WholeShardReader
+        ``whole_below``: the shards of that layer's chunks are read whole, once (``preload``), into
+        a local scratch file (``SpooledShardReader``: one in memory at a time), and the lower
+        layers' fragments by range. A chunk's LOD work needs nearly every fragment of its children's
+        shards (a few reads instead of one per fragment) but only the odd fragment of a lower
+        layer's (a node whose children skip a layer), and reading those whole held every layer-2
+        shard under the root chunk at once (22 MiB of the root task's traced peak on the real
+        volume)."""
+        from raymesh.stitch import FragmentReader, SpooledShardReader
 
         layout = self.meta.layout
 
@@ -74,10 +75,10 @@ class LodChunks:
             return lambda start, stop: self.bucket.read_range(key, start, stop)
 
         if whole_below is not None:
-            return WholeShardReader(layout, self.sharding,
-                                    lambda layer, chunk: self.bucket.read(lod_chain_key(layout, layer, chunk)),
-                                    lod_chain_key, open_shard,
-                                    whole=lambda chunk: int(layout.get_chunk_layer(chunk)) == whole_below)
+            return SpooledShardReader(layout, self.sharding,
+                                      lambda layer, chunk: self.bucket.read(lod_chain_key(layout, layer, chunk)),
+                                      lod_chain_key, open_shard,
+                                      whole=lambda chunk: int(layout.get_chunk_layer(chunk)) == whole_below)
         return FragmentReader(layout, self.sharding, open_shard, lod_chain_key)
 
     def lod_chunk(self, layer: int, coords, plan: "StitchPlan | None" = None, stats: "ChunkStats | None" = None
@@ -85,7 +86,6 @@ class LodChunks:
         """Write the chunk's LOD shard (every node of ``plan``, in canonical order) and add what
         happened to ``stats``; failures are recorded on the chunk like stitching's."""
         from raymesh.runs.summary import ChunkStats
-        from raymesh.formats.sharding import canonical_order
 
         t0 = time.perf_counter()
         stats = stats or ChunkStats(layer, tuple(coords))
@@ -94,6 +94,15 @@ class LodChunks:
 
             plan = plan_chunk(self.store, layer, int(self.meta.layout.chunk_id(layer, *coords)), self.time_stamp)
         reader = self.lod_reader(whole_below=layer - 1)
+        try:
+            return self._lod_shard(layer, coords, plan, stats, reader, t0)
+        finally:
+            reader.close()
+
+    def _lod_shard(self, layer: int, coords, plan: "StitchPlan", stats: "ChunkStats", reader, t0: float
+                   ) -> "ChunkStats":
+        from raymesh.formats.sharding import canonical_order
+
         try:
             reader.preload(d for descendants in plan.descendants.values() for d in descendants)
         except (MeshingError, ShardError) as exc:  # a shard below missing or unsound: no LOD shard here

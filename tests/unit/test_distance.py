@@ -59,3 +59,36 @@ def test_mesh_distance_is_the_minimum_over_all_triangles_near_and_far():
     assert far.sum() > 150, "both passes are exercised"
     assert np.array_equal(got[far], brute[far]), "refined points: the exact minimum"
     assert np.all(got >= brute - 1e-12), "never below the true distance"
+
+
+def test_the_exact_pass_holds_a_bounded_number_of_pairs_however_large_a_triangle(monkeypatch):
+    """One huge triangle makes every point's reach (its distance plus the largest triangle's
+    radius) cover the whole mesh: the exact pass once measured all those pairs at a time, the
+    biggest allocation of every LOD task. It now measures at most ``max_pairs`` per call and
+    still gets the exact minimum over all faces."""
+    import raymesh.geometry.distance as distance
+
+    rng = np.random.default_rng(11)
+    # a fine sheet of small triangles and one huge triangle far to the side
+    x, y = np.meshgrid(np.arange(40.0), np.arange(40.0))
+    vertices = np.stack([x.ravel() * 5, y.ravel() * 5, rng.normal(size=x.size) * 0.3], axis=1)
+    q = (np.arange(39)[None, :] + 40 * np.arange(39)[:, None]).ravel()
+    faces = np.concatenate([np.stack([q, q + 1, q + 40], 1), np.stack([q + 1, q + 41, q + 40], 1)])
+    big = len(vertices)
+    vertices = np.concatenate([vertices, [[-5000.0, -5000.0, 50.0], [5000.0, -5000.0, 50.0], [0.0, 5000.0, 50.0]]])
+    faces = np.concatenate([faces, [[big, big + 1, big + 2]]])
+    points = rng.uniform([0, 0, 5], [195, 195, 30], size=(300, 3))
+
+    sizes = []
+    real, refined = distance.closest_distance, distance._refined
+    monkeypatch.setattr(distance, "closest_distance", lambda p, a, b, c: sizes.append(len(p)) or real(p, a, b, c))
+    monkeypatch.setattr(distance, "_refined", lambda *args: refined(*args, max_pairs=500))
+    got = distance.mesh_distance(points, vertices, faces, k=2, refine_above=1.0)
+    monkeypatch.setattr(distance, "closest_distance", real)
+
+    tri = vertices[faces]
+    brute = np.array([real(np.broadcast_to(p, (len(faces), 3)), tri[:, 0], tri[:, 1], tri[:, 2]).min()
+                      for p in points])
+    assert np.array_equal(got, brute), "the exact minimum over every face"
+    assert max(sizes) <= max(500, 2 * len(points)), max(sizes)  # the exact pass's calls: 500 pairs at most
+    assert sum(sizes) > 100 * len(faces), "the huge triangle put most faces within every point's reach"

@@ -76,3 +76,31 @@ def test_corrupt_shards_raise():
         disassemble_shard(bytes(broken), spec)
     with pytest.raises(ShardError, match="span shards"):
         synthesize_shard({k: b"x" for k in range(50)}, ShardingSpec(shard_bits=2))
+
+
+@pytest.mark.parametrize("encoding", ["raw", "gzip"])
+def test_a_spooled_shard_reader_keeps_shards_on_disk_and_reads_every_value_back(encoding):
+    """``SpooledShardReader`` reads each shard whole once (one read) but keeps it in a scratch
+    file, not in memory: every value reads back as the shard holds it, a key it lacks as None."""
+    from raymesh.graph.ids import ChunkLayout
+    from raymesh.stitch import SpooledShardReader
+
+    layout = ChunkLayout(n_layers=4, n_chunks=(4, 4, 4))
+    spec = ShardingSpec(minishard_bits=2, minishard_index_encoding="gzip", data_encoding=encoding)
+    chunks = [int(layout.chunk_id(2, x, 0, 0)) for x in range(3)]
+    values = {}
+    for i, chunk in enumerate(chunks):
+        for seg in range(1, 30 + 10 * i):
+            values[int(layout.node_id(chunk, seg))] = bytes([seg % 251, i]) * (seg % 13 + 1)
+    shards = {chunk: synthesize_shard({k: v for k, v in values.items() if int(layout.get_chunk_id(k)) == chunk}, spec)
+              for chunk in chunks}
+    reads = []
+    reader = SpooledShardReader(layout, lambda layer: spec, lambda layer, chunk: reads.append(chunk) or shards[chunk])
+    reader.preload(values)
+    assert sorted(reads) == sorted(chunks), "each shard read once, whole"
+    assert all(isinstance(where, tuple) for held in reader._values.values() for where in held.values()), \
+        "values are located in the scratch file, not held"
+    assert all(reader.read(k) == v for k, v in values.items())
+    assert reader.read(int(layout.node_id(chunks[0], 999))) is None
+    reader.close()
+    reader.close()  # twice is harmless
