@@ -68,6 +68,7 @@ def layer_triangles(job, layer: int, lod: bool) -> int:
     from raymesh.formats.draco import decode
     from raymesh.formats.mesh_layout import lod_key, shard_key
     from raymesh.formats.sharding import disassemble_shard
+    from raymesh.lod.geometry import decode_lod
 
     layout = job.meta.layout
     total = 0
@@ -75,7 +76,8 @@ def layer_triangles(job, layer: int, lod: bool) -> int:
         chunk = int(layout.chunk_id(layer, *coords))
         data = job.bucket.read((lod_key if lod else shard_key)(layout, layer, chunk))
         if data:
-            total += sum(len(decode(v).faces) for v in disassemble_shard(data, job.sharding(layer)).values())
+            values = disassemble_shard(data, job.sharding(layer)).values()
+            total += sum(len((decode_lod(job.grid, chunk, v) if lod else decode(v)).faces) for v in values)
     return total
 
 

@@ -106,7 +106,9 @@ class MultilodBuilder:
         return self.reader.read(node)
 
     def _mesh(self, node: int) -> tuple[np.ndarray, np.ndarray] | None:
-        from raymesh.formats.draco import DracoError, decode
+        from raymesh.formats.draco import DracoError
+        from raymesh.formats.lod_cells import CellsError
+        from raymesh.lod.geometry import decode_lod
 
         layer = int(self.layout.get_chunk_layer(node))
         data = self._read(node)
@@ -118,8 +120,8 @@ class MultilodBuilder:
                                "the LOD chain on (`raymesh mesh --lod-chain`, a plain rerun adds it), or, for a node "
                                "an edit made, `raymesh remesh`")
         try:
-            frag = decode(data)
-        except DracoError as exc:
+            frag = decode_lod(self.grid, int(self.layout.get_chunk_id(node)), data)
+        except (DracoError, CellsError) as exc:
             key = lod_chain_key(self.layout, layer, int(self.layout.get_chunk_id(node)))
             raise MeshingError(f"the mesh of node {node} in {key} does not decode ({exc}); redo that chunk") from exc
         return frag.vertices, frag.faces.astype(np.int64)

@@ -74,10 +74,15 @@ def pieces_open_edge_vertices(parts: list[tuple[np.ndarray, np.ndarray]]) -> np.
 
 @dataclass
 class LodMesh:
-    vertices: np.ndarray  # float64 (n, 3) nm
-    faces: np.ndarray  # (m, 3)
+    vertices: np.ndarray | None  # float64 (n, 3) nm; None for a node stored by cell (``lod_node``)
+    faces: np.ndarray | None  # (m, 3)
     input_faces: int  # faces of the descendants' meshes it was made from
     unsimplified: bool = False  # the checked collapse ran out of rounds: its input kept as it was
+    output_faces: int = -1  # len(faces), also where the arrays are not kept
+
+    def __post_init__(self) -> None:
+        if self.output_faces < 0:
+            self.output_faces = len(self.faces)
 
 
 def onto_own_side(grid: MeshGrid, vertices: np.ndarray, desc_chunk: int, planes: np.ndarray) -> np.ndarray:
@@ -231,51 +236,80 @@ SPLIT_BYTES = 32 << 10
 
 
 def lod_node(grid: MeshGrid, chunk_id: int, fragments: list[tuple[int, bytes]], error: float,
-             split_bytes: int = SPLIT_BYTES) -> tuple[bytes, LodMesh]:
-    """``simplify_node`` on Draco fragments, encoded; a fragment that does not decode raises
-    ``ChildFragmentError`` naming that descendant (its chunk must be redone).
+             split_bytes: int | None = None) -> tuple[bytes, LodMesh]:
+    """``simplify_node`` on stored LOD values (``decode_lod``), encoded; a value that does not
+    decode raises ``ChildFragmentError`` naming that descendant (its chunk must be redone).
 
-    A big node is decoded and simplified one child cell at a time, then the cells' meshes are
-    merged across the mid-planes: its working set is one cell's pieces and the simplified cells,
-    not all its descendants' meshes at once (the biggest allocation of a root-layer task). The
-    result is the whole node's collapse up to meshoptimizer's order: every vertex on a mid-plane
-    is locked, so no collapse crosses from one cell to another, and each removed vertex is checked
-    against its own cell's surface, never nearer than the node's."""
+    A big node is decoded, simplified and encoded one child cell at a time, and stored as its
+    cells' Draco meshes (``formats.lod_cells``): its working set is one cell's pieces and the
+    encoded cells before it, never its whole mesh (merged, then encoded by Draco at ~100 bytes a
+    face: the root task's biggest allocation). The cells' meshes are the whole node's collapse up
+    to meshoptimizer's order: every vertex on a mid-plane is locked, so no collapse crosses from
+    one cell to another, and each removed vertex is checked against its own cell's surface, never
+    nearer than the node's. The returned ``LodMesh`` holds the mesh only for a node in one piece."""
+    from raymesh.formats.lod_cells import pack_cells
+
     planes = seam_planes(grid, chunk_id)
     groups: dict[tuple, list] = {}
-    if sum(len(data) for _, data in fragments) <= split_bytes:
+    if sum(len(data) for _, data in fragments) <= (SPLIT_BYTES if split_bytes is None else split_bytes):
         groups[()] = list(fragments)
     else:  # cells in the order their first fragment comes, so the first cell holds the first fragment
         for desc, data in fragments:
             cell = child_cell(grid, int(grid.layout.get_chunk_id(desc)), planes)
             groups.setdefault(cell, []).append((desc, data))
-    # The biggest cell first: the simplified cells wait for the merge, and a small cell's work
-    # beside them costs less than the biggest's. They are merged in their own order, so the
-    # result does not depend on this one.
-    order = sorted(range(len(groups)), key=lambda i: -sum(len(data) for _, data in list(groups.values())[i]))
-    cells: list = [None] * len(groups)
-    settings, input_faces, unsimplified = [None] * len(groups), 0, False
-    for i in order:
+    cells = list(groups.values())
+    del groups
+    settings, simplified = None, []
+    for group in cells:
         pieces = []
-        for desc, data in list(groups.values())[i]:
-            try:
-                frag = decode(data)
-            except DracoError as exc:
-                raise ChildFragmentError(desc, exc) from exc
-            pieces.append((desc, frag.vertices, frag.faces, frag.settings))
-            del frag
-        mesh, settings[i] = simplify_node(grid, chunk_id, pieces, error, planes)
-        input_faces += mesh.input_faces
-        unsimplified |= mesh.unsimplified
-        cells[i] = (mesh.vertices, mesh.faces)
-        del mesh
-    settings = settings[0]  # the first fragment's (its cell comes first), lifted, as stitching's (7.4)
+        for desc, data in group:
+            pieces.extend((desc, frag.vertices, frag.faces, frag.settings) for frag in _decoded(grid, desc, data))
+        mesh, s = simplify_node(grid, chunk_id, pieces, error, planes)
+        settings = settings or s  # the first fragment's, lifted, as stitching's (7.4); every cell's
+        simplified.append(mesh)
+        if len(cells) > 1:  # encoded now, on the node's one grid, so the cells' seams meet exactly
+            simplified[-1] = (encode(mesh.vertices, mesh.faces, settings),
+                              LodMesh(None, None, mesh.input_faces, mesh.unsimplified, len(mesh.faces)))
+            del mesh
     if len(cells) == 1:
-        vertices, faces = cells[0]
-    else:
-        vertices, faces = merge_across_boundaries(cells, planes)
-    mesh = LodMesh(vertices, faces, input_faces, unsimplified)
-    return encode(mesh.vertices, mesh.faces, settings), mesh
+        mesh = simplified[0]
+        return encode(mesh.vertices, mesh.faces, settings), mesh
+    summary = LodMesh(None, None, sum(m.input_faces for _, m in simplified),
+                      any(m.unsimplified for _, m in simplified), sum(m.output_faces for _, m in simplified))
+    return pack_cells([blob for blob, _ in simplified]), summary
+
+
+def _decoded(grid: MeshGrid, desc: int, data: bytes) -> list:
+    """A descendant's stored value as pieces (one, or one per cell of a split node, merged back
+    by ``decode_lod``), or ``ChildFragmentError``."""
+    from raymesh.formats.lod_cells import CellsError
+
+    try:
+        return [decode_lod(grid, int(grid.layout.get_chunk_id(desc)), data)]
+    except (DracoError, CellsError) as exc:
+        raise ChildFragmentError(desc, exc) from exc
+
+
+def decode_lod(grid: MeshGrid, chunk_id: int, data: bytes):
+    """A stored LOD value (a Draco mesh, or a split node's cells) as one ``Fragment``: the cells
+    merged across the node's mid-planes where they meet. Their seam vertices were on the
+    mid-planes and each cell was encoded on the node's grid, so both copies of a seam vertex
+    decode to the mid-plane snapped to that grid, exactly."""
+    from raymesh.formats.draco import Fragment, snap
+    from raymesh.formats.lod_cells import cell_blobs
+
+    blobs = cell_blobs(data)
+    if len(blobs) == 1:
+        return decode(blobs[0])
+    frags = [decode(b) for b in blobs]
+    settings = frags[0].settings
+    if any(f.settings != settings for f in frags):
+        raise DracoError("the cells of a split LOD mesh were encoded on different grids")
+    planes = snap(seam_planes(grid, chunk_id)[None, :], settings)[0]
+    parts = [(f.vertices, f.faces) for f in frags]
+    del frags
+    vertices, faces = merge_across_boundaries(parts, planes)
+    return Fragment(vertices, faces.astype(np.uint32), settings)
 
 
 def crossing_faces(vertices: np.ndarray, faces: np.ndarray, planes: np.ndarray) -> np.ndarray:

@@ -120,7 +120,7 @@ class LodChunks:
                     failures.append(why)
                 elif data is not None:
                     builder.add(node, data)
-                    stats.lod_faces += len(mesh.faces)
+                    stats.lod_faces += mesh.output_faces
                     stats.lod_unsimplified += int(mesh.unsimplified)
             if failures:
                 self.record_outcome(layer, coords, stats.failures + failures)

@@ -162,13 +162,15 @@ def sound_values(out: ChunkCheck, key: str, data: bytes, spec) -> dict[int, byte
         return None
 
 
-def decoded(out: ChunkCheck, values: dict[int, bytes], what: str = ""):
+def decoded(out: ChunkCheck, values: dict[int, bytes], what: str = "", decoder=None):
     """``(node, fragment)`` for each value in node order; one that does not decode is an
-    ``undecodable`` problem and is left out."""
+    ``undecodable`` problem and is left out. ``decoder(node, data)``: how to (default: Draco)."""
+    from raymesh.formats.lod_cells import CellsError
+
     for node in sorted(values):
         try:
-            yield node, decode(values[node])
-        except DracoError as exc:
+            yield node, (decoder(node, values[node]) if decoder else decode(values[node]))
+        except (DracoError, CellsError) as exc:
             out.problem("undecodable", f"node {node}{what}: {exc}", node)
 
 
@@ -255,7 +257,7 @@ def lod_expected(job, plan) -> set[int]:
 def check_lod(job, out: ChunkCheck, layer: int, coords, plan) -> None:
     """The chunk's LOD-chain shard, where the mesh dir has the chain: sound, a mesh for every node
     that must have one, each decoding and not crossing its chunk's mid-planes."""
-    from raymesh.lod.geometry import crossing_faces
+    from raymesh.lod.geometry import crossing_faces, decode_lod
     from raymesh.stitch import seam_planes
 
     key = job.lod_path(layer, coords)
@@ -273,7 +275,9 @@ def check_lod(job, out: ChunkCheck, layer: int, coords, plan) -> None:
     for node in sorted(must - set(values)):
         out.problem("missing_lod", f"node {node} has no LOD mesh in {key}", node)
     planes = seam_planes(job.grid, int(job.meta.layout.chunk_id(layer, *coords)))
-    for node, frag in decoded(out, values, " (LOD)"):
+    layout = job.meta.layout
+    for node, frag in decoded(out, values, " (LOD)",
+                              lambda node, data: decode_lod(job.grid, int(layout.get_chunk_id(node)), data)):
         crossing = int(crossing_faces(frag.vertices, frag.faces, planes).sum())
         if crossing:
             out.problem("lod_crosses_grid", f"node {node}: {crossing} LOD triangle(s) cross the mid-planes "

@@ -17,7 +17,7 @@ from raymesh.driver import run
 from raymesh.export import ViewerMeshes, export_roots
 from raymesh.export.multilod import MultilodBuilder
 from raymesh.formats import multilod
-from raymesh.formats.draco import decode
+from raymesh.formats.draco import decode, snap
 from raymesh.formats.mesh_layout import lod_key
 from raymesh.formats.sharding import ShardingSpec, locate
 from raymesh.geometry.distance import surface_deviation
@@ -25,7 +25,7 @@ from raymesh.lod.geometry import crossing_faces, lod_budget, open_edge_vertices
 from raymesh.runs.job import MeshJob
 from raymesh.stitch import plan_chunk, seam_planes
 from raymesh.storage import local_path
-from raymesh.verify.geometry import edge_use, merged
+from raymesh.verify.geometry import edge_use, merged, single_edges
 from raymesh.volume import read_block
 from stitch_checks import interior_roots
 from support import SYNTH_CHUNK, SYNTH_RES, file_tree
@@ -122,12 +122,13 @@ def test_a_lod_task_reads_its_childrens_shards_whole_and_lower_layers_by_range(m
 
 
 def test_a_big_node_simplified_cell_by_cell_keeps_every_rule(meshed):
-    """``lod_node`` splits a node bigger than ``SPLIT_BYTES`` by child cell; forced on every node
-    here (the synthetic nodes are small), it gives what the whole-node collapse gives: borders
-    kept, no face across the child grid, no new open edge, every input vertex within the error,
-    and about as many triangles."""
+    """``lod_node`` splits a node bigger than ``SPLIT_BYTES`` by child cell and stores its cells'
+    meshes apart; forced on every node here (the synthetic nodes are small), what it stores, read
+    back whole (``decode_lod``: the cells merged where they meet), is what the whole-node collapse
+    gives: borders kept, no face across the child grid, no new open edge (the cells' seams close),
+    every input vertex within the error, and about as many triangles."""
     from raymesh.geometry.distance import mesh_distance
-    from raymesh.lod.geometry import lod_node
+    from raymesh.lod.geometry import decode_lod, lod_node
 
     _, jobs = meshed
     job = jobs["lod"][0]
@@ -142,17 +143,31 @@ def test_a_big_node_simplified_cell_by_cell_keeps_every_rule(meshed):
                 frags = [(d, reader.read(d)) for d in descendants if reader.read(d) is not None]
                 if not frags:
                     continue
-                _, whole = lod_node(job.grid, chunk, frags, error)
-                _, split = lod_node(job.grid, chunk, frags, error, split_bytes=0)
+                data, _ = lod_node(job.grid, chunk, frags, error)
+                whole = decode_lod(job.grid, chunk, data)
+                data, summary = lod_node(job.grid, chunk, frags, error, split_bytes=0)
+                split = decode_lod(job.grid, chunk, data)  # as the layer above and the export read it
+                assert len(split.faces) <= summary.output_faces  # less any Draco drops as degenerate on its grid
                 whole_faces, split_faces = whole_faces + len(whole.faces), split_faces + len(split.faces)
-                assert split.input_faces == whole.input_faces
+                assert summary.input_faces == sum(len(decode(d).faces) for _, d in frags)
                 assert not crossing_faces(split.vertices, split.faces, planes).any()
                 kept = {tuple(v) for v in split.vertices.tolist()}
                 pieces = [decode(data) for _, data in frags]
                 for piece in pieces:
                     border = piece.vertices[open_edge_vertices(len(piece.vertices), piece.faces)]
                     assert all(tuple(v) in kept for v in border.tolist()), f"{node}: a border vertex moved"
-                assert (edge_use(split.faces) == 1).sum() <= (edge_use(whole.faces) == 1).sum(), node
+                # the cells' seams closed by decode_lod itself (the layer above reads it unwelded):
+                # no more open edges along the mid-planes, on the node's grid, than the whole node has
+                on_grid = snap(planes[None, :], split.settings)[0]
+
+                def seam_open(frag):
+                    edges = single_edges(frag.faces)
+                    on = (frag.vertices == on_grid).any(axis=1)
+                    return int((on[edges[:, 0]] & on[edges[:, 1]]).sum())
+
+                assert seam_open(split) <= seam_open(whole), node
+                # welded by position, as a viewer sees them (Draco splits a non-manifold vertex into copies)
+                assert (edge_use(merged([split])[1]) == 1).sum() <= (edge_use(merged([whole])[1]) == 1).sum(), node
                 cells = {tuple(np.asarray(piece.vertices).mean(axis=0) < planes) for piece in pieces}
                 split_cells += len(cells) > 1
                 if layer == 3:  # layer-2 pieces are the reference surface: each within the error
@@ -164,10 +179,11 @@ def test_a_big_node_simplified_cell_by_cell_keeps_every_rule(meshed):
     assert 0.9 <= split_faces / whole_faces <= 1.1
 
 
-def test_each_lod_is_within_its_budget_and_interior_objects_stay_closed(meshed):
-    graph, jobs = meshed
-    job = jobs["lod"][0]
-    meshes = ViewerMeshes(graph, "lod")
+def _check_each_lod(graph: str, job, mesh_dir: str) -> None:
+    """Every root's LODs read back as the export reads them: each within its budget of the
+    layer-2 surface (sampled, both ways), interior objects closed at every LOD, fewer triangles
+    per LOD."""
+    meshes = ViewerMeshes(graph, mesh_dir)
     builder = MultilodBuilder(meshes)
     meta = job.meta
     sv = read_block(meta.segmentation_path, 0, np.zeros(3, int), np.asarray(meta.size_at(0)))
@@ -194,6 +210,41 @@ def test_each_lod_is_within_its_budget_and_interior_objects_stay_closed(meshed):
             assert dev["a_to_b_max"] <= budget and dev["b_to_a_max"] <= budget, (root, lod, dev, budget)
     assert inside and closed[3] == closed[2] and closed[4] == closed[2], (closed, len(inside))
     assert faces_per_lod[3] < faces_per_lod[2] and faces_per_lod[4] < faces_per_lod[3], faces_per_lod
+
+
+def test_each_lod_is_within_its_budget_and_interior_objects_stay_closed(meshed):
+    graph, jobs = meshed
+    _check_each_lod(graph, jobs["lod"][0], "lod")
+
+
+def test_a_chain_of_nodes_stored_by_cell_reads_back_verifies_and_keeps_every_budget(meshed, monkeypatch, capsys):
+    """Every node stored by cell (the split forced: the synthetic nodes are small), so layer 4
+    reads layer 3's nodes from their cells, and the export and ``raymesh verify`` do too: the
+    chain meets the same rules as with whole values."""
+    import raymesh.lod.geometry as geometry
+    from raymesh.cli import main as cli
+    from raymesh.formats.lod_cells import MAGIC
+    from raymesh.formats.sharding import disassemble_shard
+
+    graph, jobs = meshed
+    monkeypatch.setattr(geometry, "SPLIT_BYTES", 0)
+    config = jobs["lod"][0].config.model_copy(update={"mesh_dir": "cells", "graph_meta": "skip"})
+    assert not run(config, progress=False).failed
+    job = MeshJob(config)
+    layout = job.meta.layout
+    stored = split = 0
+    for layer in (3, 4):
+        for coords in layout.iter_chunk_coords(layer):
+            data = job.bucket.read(job.lod_path(layer, coords))
+            if data:
+                values = disassemble_shard(data, job.sharding(layer)).values()
+                stored += len(values)
+                split += sum(v.startswith(MAGIC) for v in values)
+    assert split > 10 and split > stored // 4, (split, stored)
+    _check_each_lod(graph, job, "cells")
+    code = cli(["verify", "--graph", graph, "--mesh-dir", "cells", "--executor", "serial", "--quiet"])
+    capsys.readouterr()
+    assert code == 0
 
 
 def test_a_rerun_redoes_a_missing_lod_shard_and_a_gap_below_fails(meshed, tmp_path):
