@@ -300,45 +300,36 @@ def merge_across_boundaries(parts: list[tuple[np.ndarray, np.ndarray]], planes: 
 
     Vertices off the planes keep their order; on-plane vertices are deduplicated by exact position
     (lexicographically sorted) and appended after them. This is a stitching task's largest
-    allocation (a node's whole mesh decoded), and the last step of a big LOD node's, so the merged
-    arrays are filled a part at a time and each part is let go of once copied (``parts``, the
-    caller's list, is emptied): the parts and the merged mesh are never held twice over. Faces are
-    int32 (Draco's indices are 32-bit anyway). ``return_off``: also the off-plane vertices'
-    indices in the concatenation, in their merged order (the merged mesh's first ones).
+    allocation (a node's whole mesh decoded), so ``parts`` is emptied once concatenated (the
+    caller's list: its arrays are freed before the merge allocates more), and faces are int32,
+    offset in place (Draco's indices are 32-bit anyway). ``return_off``: also the off-plane
+    vertices' indices in the concatenation, in their merged order (the merged mesh's first ones).
     """
-    aligned = [(v[:, 0] == planes[0]) | (v[:, 1] == planes[1]) | (v[:, 2] == planes[2]) for v, _ in parts]
-    n_off = sum(int((~a).sum()) for a in aligned)
-    on_plane = [v[a] for (v, _), a in zip(parts, aligned)]
-    n_on = [len(o) for o in on_plane]
-    if sum(n_on):
-        uniq, inverse = np.unique(np.concatenate(on_plane).astype(np.float64, copy=False), axis=0, return_inverse=True)
-        inverse = inverse.reshape(-1).astype(np.int32)
-    else:
-        uniq, inverse = np.zeros((0, 3)), np.zeros(0, dtype=np.int32)
-    del on_plane
-    merged = np.empty((n_off + len(uniq), 3), dtype=np.float64)
-    merged[n_off:] = uniq
-    del uniq
+    vertices = np.concatenate([v for v, _ in parts]).astype(np.float64, copy=False)
     faces = np.empty((sum(len(f) for _, f in parts), 3), dtype=np.int32)
-    off_index = np.empty(n_off, dtype=np.int64) if return_off else None
-    at_face = at_off = at_on = offset = 0
-    parts.reverse()
-    aligned.reverse()
-    while parts:
-        v, f = parts.pop()
-        a = aligned.pop()
-        off = np.flatnonzero(~a)
-        new_index = np.empty(len(v), dtype=np.int32)
-        new_index[off] = np.arange(at_off, at_off + len(off), dtype=np.int32)
-        on_count = len(v) - len(off)
-        new_index[a] = n_off + inverse[at_on:at_on + on_count]
-        merged[at_off:at_off + len(off)] = v[off]
-        if off_index is not None:
-            off_index[at_off:at_off + len(off)] = off + offset
-        faces[at_face:at_face + len(f)] = new_index[f]
-        at_face, at_off, at_on, offset = at_face + len(f), at_off + len(off), at_on + on_count, offset + len(v)
-        del v, f, a, off, new_index
-    return (merged, faces, off_index) if return_off else (merged, faces)
+    at, offset = 0, 0
+    for v, f in parts:
+        block = faces[at:at + len(f)]
+        block[...] = f
+        block += offset
+        at, offset = at + len(f), offset + len(v)
+    parts.clear()
+    if not len(vertices):
+        return (vertices, faces, np.zeros(0, dtype=np.int64)) if return_off else (vertices, faces)
+    aligned = (vertices[:, 0] == planes[0]) | (vertices[:, 1] == planes[1]) | (vertices[:, 2] == planes[2])
+    off = np.flatnonzero(~aligned)
+    on = np.flatnonzero(aligned)
+    del aligned
+    uniq, inverse = np.unique(vertices[on], axis=0, return_inverse=True)
+    new_index = np.empty(len(vertices), dtype=np.int32)
+    new_index[off] = np.arange(len(off), dtype=np.int32)
+    new_index[on] = len(off) + inverse.reshape(-1)
+    merged = np.empty((len(off) + len(uniq), 3), dtype=np.float64)
+    np.take(vertices, off, axis=0, out=merged[:len(off)], mode="clip")  # "raise" buffers a copy
+    merged[len(off):] = uniq
+    del vertices, uniq, inverse
+    faces = new_index[faces]  # np.take would widen the int32 indices to a 64-bit copy
+    return (merged, faces, off) if return_off else (merged, faces)
 
 
 def stitch_node(grid: MeshGrid, chunk_id: int, node: int, fragments: list[tuple[int, bytes]]) -> bytes:

@@ -259,33 +259,33 @@ def lod_node(grid: MeshGrid, chunk_id: int, fragments: list[tuple[int, bytes]], 
             groups.setdefault(cell, []).append((desc, data))
     cells = list(groups.values())
     del groups
-    settings, simplified = None, []
+    settings, blobs = None, []
+    summary = LodMesh(None, None, 0, False, 0)
     for group in cells:
         pieces = []
         for desc, data in group:
-            pieces.extend((desc, frag.vertices, frag.faces, frag.settings) for frag in _decoded(grid, desc, data))
+            frag = _decoded(grid, desc, data)
+            pieces.append((desc, frag.vertices, frag.faces, frag.settings))
+            del frag
         mesh, s = simplify_node(grid, chunk_id, pieces, error, planes)
         settings = settings or s  # the first fragment's, lifted, as stitching's (7.4); every cell's
-        simplified.append(mesh)
-        if len(cells) > 1:  # encoded now, on the node's one grid, so the cells' seams meet exactly
-            simplified[-1] = (encode(mesh.vertices, mesh.faces, settings),
-                              LodMesh(None, None, mesh.input_faces, mesh.unsimplified, len(mesh.faces)))
-            del mesh
-    if len(cells) == 1:
-        mesh = simplified[0]
-        return encode(mesh.vertices, mesh.faces, settings), mesh
-    summary = LodMesh(None, None, sum(m.input_faces for _, m in simplified),
-                      any(m.unsimplified for _, m in simplified), sum(m.output_faces for _, m in simplified))
-    return pack_cells([blob for blob, _ in simplified]), summary
+        if len(cells) == 1:
+            return encode(mesh.vertices, mesh.faces, settings), mesh
+        # encoded now, each cell on the node's one grid, so that the cells' seams meet exactly
+        blobs.append(encode(mesh.vertices, mesh.faces, settings))
+        summary.input_faces += mesh.input_faces
+        summary.unsimplified |= mesh.unsimplified
+        summary.output_faces += len(mesh.faces)
+        del mesh
+    return pack_cells(blobs), summary
 
 
-def _decoded(grid: MeshGrid, desc: int, data: bytes) -> list:
-    """A descendant's stored value as pieces (one, or one per cell of a split node, merged back
-    by ``decode_lod``), or ``ChildFragmentError``."""
+def _decoded(grid: MeshGrid, desc: int, data: bytes):
+    """A descendant's stored value (``decode_lod``), or ``ChildFragmentError`` naming it."""
     from raymesh.formats.lod_cells import CellsError
 
     try:
-        return [decode_lod(grid, int(grid.layout.get_chunk_id(desc)), data)]
+        return decode_lod(grid, int(grid.layout.get_chunk_id(desc)), data)
     except (DracoError, CellsError) as exc:
         raise ChildFragmentError(desc, exc) from exc
 
