@@ -1,2 +1,3 @@
 """Bytes on disk: PCG's sharded mesh files (``sharding``), Draco grids (``draco``), where files go
-(``mesh_layout``), and Neuroglancer's multi-resolution meshes (``multilod``)."""
+(``mesh_layout``), Neuroglancer's multi-resolution meshes (``multilod``), and the LOD chain's
+values for nodes stored by cell (``lod_cells``)."""
