@@ -228,11 +228,16 @@ class SpooledShardReader(WholeShardReader):
     def _keep(self, chunk: int, layer: int, data: bytes) -> None:
         import tempfile
 
-        if self._scratch is None:
-            self._scratch = tempfile.TemporaryFile(prefix="raymesh-shards-")
-        base = self._scratch.seek(0, 2)
-        self._scratch.write(data)
-        self._scratch.flush()
+        try:
+            if self._scratch is None:
+                self._scratch = tempfile.TemporaryFile(prefix="raymesh-shards-")
+            base = self._scratch.seek(0, 2)
+            self._scratch.write(data)
+            self._scratch.flush()
+        except OSError as exc:
+            raise MeshingError(f"the local copy of the shard of {self._where(chunk)} ({len(data)} bytes) could not "
+                               f"be written to {tempfile.gettempdir()} ({exc}): free space there or point TMPDIR "
+                               "at a disk that has it") from exc
         self._values[chunk] = {key: (base + start, size)
                                for key, (start, size) in shard_locations(data, self.sharding(layer)).items()}
 

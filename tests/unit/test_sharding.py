@@ -104,3 +104,24 @@ def test_a_spooled_shard_reader_keeps_shards_on_disk_and_reads_every_value_back(
     assert reader.read(int(layout.node_id(chunks[0], 999))) is None
     reader.close()
     reader.close()  # twice is harmless
+
+
+def test_a_spooled_shard_reader_names_the_scratch_dir_when_it_cannot_write(tmp_path, monkeypatch):
+    """No room (here: no such directory) for the scratch copy is a ``MeshingError`` naming the
+    chunk and the directory, which the LOD task records as the chunk's failure."""
+    import tempfile
+
+    from raymesh.errors import MeshingError
+    from raymesh.graph.ids import ChunkLayout
+    from raymesh.stitch import SpooledShardReader
+
+    layout = ChunkLayout(n_layers=4, n_chunks=(4, 4, 4))
+    chunk = int(layout.chunk_id(2, 0, 0, 0))
+    node = int(layout.node_id(chunk, 1))
+    shard = synthesize_shard({node: b"x"}, RAW)
+    missing = tmp_path / "gone"
+    monkeypatch.setattr(tempfile, "tempdir", str(missing))
+    reader = SpooledShardReader(layout, lambda layer: RAW, lambda layer, c: shard)
+    with pytest.raises(MeshingError, match=str(missing)) as err:
+        reader.preload([node])
+    assert "layer 2 chunk [0, 0, 0]" in str(err.value) and "TMPDIR" in str(err.value)
