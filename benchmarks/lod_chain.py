@@ -209,6 +209,7 @@ def main() -> None:
             return {mode: {str(layer): round(peak[layer][mode][metric] / max(peak[layer - 1][mode][metric], 0.01), 2)
                            for layer in range(4, top + 1)} for mode in ("full", "lod")}
 
+        rss_growth = growth("rss_mib")
         meta = lod_job.meta
         sv = read_block(meta.segmentation_path, 0, np.zeros(3, int), np.asarray(meta.size_at(0)))
         figures = {
@@ -218,8 +219,8 @@ def main() -> None:
             "lod_extra_each_repeat": shares,
             "initial_identical": identical,
             "per_layer": per_layer,
-            "task_rss_growth_per_layer": growth("rss_mib"),
-            "lod_rss_growth_max": max(growth("rss_mib")["lod"].values(), default=None),
+            "task_rss_growth_per_layer": rss_growth,
+            "lod_rss_growth_max": max(rss_growth["lod"].values(), default=None),
             "task_working_growth_per_layer": growth("working_mib"),
             "quality": quality(g.store_url, "lod", args.roots, sv),
         }

@@ -107,7 +107,6 @@ class MultilodBuilder:
 
     def _mesh(self, node: int) -> tuple[np.ndarray, np.ndarray] | None:
         from raymesh.formats.draco import DracoError
-        from raymesh.formats.lod_cells import CellsError
         from raymesh.lod.geometry import decode_lod
 
         layer = int(self.layout.get_chunk_layer(node))
@@ -121,7 +120,7 @@ class MultilodBuilder:
                                "an edit made, `raymesh remesh`")
         try:
             frag = decode_lod(self.grid, int(self.layout.get_chunk_id(node)), data)
-        except (DracoError, CellsError) as exc:
+        except DracoError as exc:
             key = lod_chain_key(self.layout, layer, int(self.layout.get_chunk_id(node)))
             raise MeshingError(f"the mesh of node {node} in {key} does not decode ({exc}); redo that chunk") from exc
         return frag.vertices, frag.faces.astype(np.int64)

@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import struct
 
+from raymesh.formats.draco import DracoError
+
 MAGIC = b"RMLODCEL"
 
 
-class CellsError(ValueError):
-    """A cell container that does not parse (truncated or corrupt)."""
+class CellsError(DracoError):
+    """A cell container that does not parse (truncated or corrupt): a value that does not decode,
+    to every reader of LOD values."""
 
 
 def pack_cells(blobs: list[bytes]) -> bytes:

@@ -165,12 +165,10 @@ def sound_values(out: ChunkCheck, key: str, data: bytes, spec) -> dict[int, byte
 def decoded(out: ChunkCheck, values: dict[int, bytes], what: str = "", decoder=None):
     """``(node, fragment)`` for each value in node order; one that does not decode is an
     ``undecodable`` problem and is left out. ``decoder(node, data)``: how to (default: Draco)."""
-    from raymesh.formats.lod_cells import CellsError
-
     for node in sorted(values):
         try:
             yield node, (decoder(node, values[node]) if decoder else decode(values[node]))
-        except (DracoError, CellsError) as exc:
+        except DracoError as exc:
             out.problem("undecodable", f"node {node}{what}: {exc}", node)
 
 

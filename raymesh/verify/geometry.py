@@ -51,17 +51,22 @@ def sorted_edge_keys(faces: np.ndarray) -> tuple[np.ndarray, int]:
     return keys, n
 
 
-def single_edges(faces: np.ndarray) -> np.ndarray:
-    """Edges used by one face only, as ``(k, 2)`` vertex pairs (low, high)."""
+def single_edge_keys(faces: np.ndarray) -> tuple[np.ndarray, int]:
+    """The keys (``sorted_edge_keys``) of edges used by one face only, and ``n``."""
     keys, n = sorted_edge_keys(faces)
     if not len(keys):
-        return np.zeros((0, 2), dtype=np.int64)
+        return keys, n
     differs = keys[1:] != keys[:-1]
     single = np.ones(len(keys), dtype=bool)
     single[1:] &= differs
     single[:-1] &= differs
     del differs
-    keys = keys[single]
+    return keys[single], n
+
+
+def single_edges(faces: np.ndarray) -> np.ndarray:
+    """Edges used by one face only, as ``(k, 2)`` vertex pairs (low, high)."""
+    keys, n = single_edge_keys(faces)
     return np.stack([keys // n, keys % n], axis=1)
 
 

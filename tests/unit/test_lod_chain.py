@@ -445,3 +445,19 @@ def test_a_dir_with_the_chain_keeps_it_on_a_plain_rerun(meshed):
     assert not summary.failed and open(os.path.join(folder, key), "rb").read() == before
     # a dir meshed without the chain records nothing of it
     assert "lod_chain" not in json.loads(open(os.path.join(mesh_folder(jobs["plain"][0]), "raymesh_run.json")).read())
+
+
+def test_a_cell_container_round_trips_and_a_damaged_one_is_a_value_that_does_not_decode():
+    """``formats.lod_cells``: one blob is stored as itself; several come back in order; a
+    truncated or padded container raises ``DracoError`` (what every LOD reader turns into a
+    failure naming the node), never a short list of cells."""
+    from raymesh.formats.draco import DracoError
+    from raymesh.formats.lod_cells import MAGIC, cell_blobs, pack_cells
+
+    blobs = [b"DRACO-a", b"DRACO-bb", b"DRACO-ccc"]
+    assert pack_cells(blobs[:1]) == blobs[0] and cell_blobs(blobs[0]) == blobs[:1]
+    packed = pack_cells(blobs)
+    assert packed.startswith(MAGIC) and cell_blobs(packed) == blobs
+    for damaged in (packed[:-1], packed + b"x", packed[:len(MAGIC) + 2], MAGIC + (1).to_bytes(4, "little") + b"DRACO"):
+        with pytest.raises(DracoError):
+            cell_blobs(damaged)
