@@ -18,7 +18,7 @@ from raymesh.errors import MeshingError
 from raymesh.graph.ids import ChunkLayout
 from raymesh.formats.mesh_layout import shard_key
 from raymesh.formats.sharding import (ShardError, ShardingSpec, decode_value, disassemble_shard, minishard_table,
-                                     shard_locations)
+                                     shard_table)
 from raymesh.storage import RangeError
 
 
@@ -238,25 +238,35 @@ class SpooledShardReader(WholeShardReader):
             raise MeshingError(f"the local copy of the shard of {self._where(chunk)} ({len(data)} bytes) could not "
                                f"be written to {tempfile.gettempdir()} ({exc}): free space there or point TMPDIR "
                                "at a disk that has it") from exc
-        self._values[chunk] = {key: (base + start, size)
-                               for key, (start, size) in shard_locations(data, self.sharding(layer)).items()}
+        table = shard_table(data, self.sharding(layer))
+        table[:, 1] += np.uint64(base)
+        self._values[chunk] = table
+
+    def _entry(self, chunk: int, node: int) -> tuple[int, int] | None:
+        """``(start in the scratch file, size)`` of a node's value in a spooled shard."""
+        table = self._values[chunk]
+        i = int(np.searchsorted(table[:, 0], np.uint64(node)))
+        if i == len(table) or int(table[i, 0]) != node:
+            return None
+        return int(table[i, 1]), int(table[i, 2])
 
     def locate(self, node: int):
-        values = self._values.get(int(self.layout.get_chunk_id(node)))
-        if values is None:
+        chunk = int(self.layout.get_chunk_id(node))
+        if chunk not in self._values:
             return FragmentReader.locate(self, node)
-        return (0, values[node][1]) if node in values else None
+        entry = self._entry(chunk, node)
+        return None if entry is None else (0, entry[1])
 
     def read(self, node: int, where=None) -> bytes | None:
         import os
 
         chunk = int(self.layout.get_chunk_id(node))
-        values = self._values.get(chunk)
-        if values is None:
+        if chunk not in self._values:
             return FragmentReader.read(self, node, where)
-        if node not in values:
+        entry = self._entry(chunk, node)
+        if entry is None:
             return None
-        start, size = values[node]
+        start, size = entry
         data = os.pread(self._scratch.fileno(), size, start)
         if len(data) != size:
             raise MeshingError(f"the local copy of the shard of {self._where(chunk)} is short (fragment of {node}); "
@@ -299,8 +309,21 @@ def seam_planes(grid: MeshGrid, chunk_id: int) -> np.ndarray:
     return origin + s.bin * np.floor((grid.chunk_offset(corner) - origin) / s.bin + 0.5)
 
 
-def merge_across_boundaries(parts: list[tuple[np.ndarray, np.ndarray]], planes: np.ndarray,
-                            return_off: bool = False):
+def on_planes(vertices: np.ndarray, planes, tolerance: np.ndarray | None = None) -> np.ndarray:
+    """Which vertices lie on one of ``planes`` (per axis: a value or values), exactly or within
+    ``tolerance`` (per axis)."""
+    out = np.zeros(len(vertices), dtype=bool)
+    for axis in range(3):
+        for value in np.atleast_1d(planes[axis]):
+            if tolerance is None:
+                out |= vertices[:, axis] == value
+            else:
+                out |= np.abs(vertices[:, axis] - value) <= tolerance[axis]
+    return out
+
+
+def merge_across_boundaries(parts: list[tuple[np.ndarray, np.ndarray]], planes,
+                            return_off: bool = False, tolerance: np.ndarray | None = None):
     """Concatenate fragments and merge vertices lying exactly on a mid-plane (7.5 steps 1-5).
 
     Vertices off the planes keep their order; on-plane vertices are deduplicated by exact position
@@ -309,6 +332,9 @@ def merge_across_boundaries(parts: list[tuple[np.ndarray, np.ndarray]], planes: 
     caller's list: its arrays are freed before the merge allocates more), and faces are int32,
     offset in place (Draco's indices are 32-bit anyway). ``return_off``: also the off-plane
     vertices' indices in the concatenation, in their merged order (the merged mesh's first ones).
+    ``planes``: one value per axis, or a sequence of values per axis (the LOD chain's units);
+    ``tolerance`` (per axis): a vertex within it of a plane counts as on it (values whose
+    vertices were snapped to a grid after the planes were taken).
     """
     vertices = np.concatenate([v for v, _ in parts]).astype(np.float64, copy=False)
     faces = np.empty((sum(len(f) for _, f in parts), 3), dtype=np.int32)
@@ -321,7 +347,7 @@ def merge_across_boundaries(parts: list[tuple[np.ndarray, np.ndarray]], planes: 
     parts.clear()
     if not len(vertices):
         return (vertices, faces, np.zeros(0, dtype=np.int64)) if return_off else (vertices, faces)
-    aligned = (vertices[:, 0] == planes[0]) | (vertices[:, 1] == planes[1]) | (vertices[:, 2] == planes[2])
+    aligned = on_planes(vertices, planes, tolerance)
     off = np.flatnonzero(~aligned)
     on = np.flatnonzero(aligned)
     del aligned

@@ -307,17 +307,24 @@ def bytes_reader(buf: bytes | memoryview | np.ndarray) -> Callable[[int, int], b
     return read
 
 
-def shard_locations(buf: bytes | np.ndarray, spec: ShardingSpec) -> dict[int, tuple[int, int]]:
-    """Every key's ``(start, size)`` in a shard's bytes (its value still encoded)."""
+def shard_table(buf: bytes | np.ndarray, spec: ShardingSpec) -> np.ndarray:
+    """Every key's ``[key, start, size]`` in a shard's bytes (its value still encoded), sorted by
+    key: 24 bytes a key, where a dict of tuples of Python ints takes about ten times that (a
+    root-layer task keeps one per child shard)."""
     read = bytes_reader(buf)
-    out: dict[int, tuple[int, int]] = {}
+    tables = []
     for m in range(1 << spec.minishard_bits):
         table = minishard_table(read, m, spec)
         if table is None:
             break
-        for key, start, size in table:
-            out[int(key)] = (int(start), int(size))
-    return out
+        tables.append(table)
+    table = np.concatenate(tables) if tables else np.empty((0, 3), dtype=np.uint64)
+    return table[np.argsort(table[:, 0], kind="stable")]
+
+
+def shard_locations(buf: bytes | np.ndarray, spec: ShardingSpec) -> dict[int, tuple[int, int]]:
+    """Every key's ``(start, size)`` in a shard's bytes (its value still encoded)."""
+    return {int(key): (int(start), int(size)) for key, start, size in shard_table(buf, spec).tolist()}
 
 
 def decode_value(data: bytes, spec: ShardingSpec) -> bytes:

@@ -230,8 +230,8 @@ def _farther_than(error: float, vertices: np.ndarray, gone: np.ndarray, out_v: n
     return far
 
 
-# A node whose fragments are bigger than this (Draco bytes; ~10k triangles) is simplified one child
-# cell at a time (``lod_node``).
+# A node whose fragments are bigger than this (Draco bytes; ~10k triangles) is simplified in
+# units of about this size (``lod_node``).
 SPLIT_BYTES = 32 << 10
 
 
@@ -240,73 +240,150 @@ def lod_node(grid: MeshGrid, chunk_id: int, fragments: list[tuple[int, bytes]], 
     """``simplify_node`` on stored LOD values (``decode_lod``), encoded; a value that does not
     decode raises ``ChildFragmentError`` naming that descendant (its chunk must be redone).
 
-    A big node is decoded, simplified and encoded one child cell at a time, and stored as its
-    cells' Draco meshes (``formats.lod_cells``): its working set is one cell's pieces and the
-    encoded cells before it, never its whole mesh (merged, then encoded by Draco at ~100 bytes a
-    face: the root task's biggest allocation). The cells' meshes are the whole node's collapse up
-    to meshoptimizer's order: every vertex on a mid-plane is locked, so no collapse crosses from
-    one cell to another, and each removed vertex is checked against its own cell's surface, never
-    nearer than the node's. The returned ``LodMesh`` holds the mesh only for a node in one piece."""
+    A node over ``SPLIT_BYTES`` is decoded, simplified and encoded in units (``_units``: a child
+    cell's descendants, or the stored units of a split descendant, packed in order up to that
+    size) and stored as its units' Draco meshes (``formats.lod_cells``). So a task's working set
+    is one unit's pieces and the encoded units before it, never its whole mesh (merged, then
+    encoded by Draco at ~100 bytes a face: the root task's biggest allocation), and a unit is
+    about the same size at every layer: the memory of a LOD task does not grow with the object.
+
+    The units' meshes are the whole node's collapse up to meshoptimizer's order and to their
+    seams: a unit's open edges are locked (its vertices on the node's mid-planes, as always, and
+    where it meets another unit of a split descendant), so the units meet exactly where they did,
+    and each removed vertex is checked against its own unit's surface, never nearer than the
+    node's. A seam inside a child cell stays locked only while two units meet there: the layer
+    above packs the units again, bigger (each is simplified to less than half its input). The
+    returned ``LodMesh`` holds the mesh only for a node in one piece."""
     from raymesh.formats.lod_cells import pack_cells
 
+    limit = SPLIT_BYTES if split_bytes is None else split_bytes
     planes = seam_planes(grid, chunk_id)
-    groups: dict[tuple, list] = {}
-    if sum(len(data) for _, data in fragments) <= (SPLIT_BYTES if split_bytes is None else split_bytes):
-        groups[()] = list(fragments)
-    else:  # cells in the order their first fragment comes, so the first cell holds the first fragment
-        for desc, data in fragments:
-            cell = child_cell(grid, int(grid.layout.get_chunk_id(desc)), planes)
-            groups.setdefault(cell, []).append((desc, data))
-    cells = list(groups.values())
-    del groups
+    if sum(len(data) for _, data in fragments) <= limit:
+        mesh, settings = simplify_node(grid, chunk_id, _decoded_pieces(grid, fragments), error, planes)
+        return encode(mesh.vertices, mesh.faces, settings), mesh
+    layer = int(grid.layout.get_chunk_layer(chunk_id))
+    units, seams = _units(grid, chunk_id, fragments, planes, limit)
     settings, blobs = None, []
     summary = LodMesh(None, None, 0, False, 0)
-    for group in cells:
+    for unit in units:
         pieces = []
-        for desc, data in group:
-            frag = _decoded(grid, desc, data)
-            pieces.append((desc, frag.vertices, frag.faces, frag.settings))
-            del frag
+        for desc, data, which in unit:
+            pieces.append(_decoded_piece(grid, desc, data, which))
         mesh, s = simplify_node(grid, chunk_id, pieces, error, planes)
-        settings = settings or s  # the first fragment's, lifted, as stitching's (7.4); every cell's
-        if len(cells) == 1:
+        settings = settings or s  # the first fragment's, lifted, as stitching's (7.4); every unit's
+        if len(units) == 1:
             return encode(mesh.vertices, mesh.faces, settings), mesh
-        # encoded now, each cell on the node's one grid, so that the cells' seams meet exactly
+        # encoded now, each unit on the node's one grid, so that the units' seams meet exactly
         blobs.append(encode(mesh.vertices, mesh.faces, settings))
         summary.input_faces += mesh.input_faces
         summary.unsimplified |= mesh.unsimplified
         summary.output_faces += len(mesh.faces)
         del mesh
-    return pack_cells(blobs), summary
+    # where the units meet: the node's mid-planes and the split descendants' seams, carried
+    # through the same lift as their vertices
+    meet = [[p] for p in planes]
+    for desc, own, values in seams:
+        for axis, lifted in enumerate(_lifted_planes(grid, values, own, desc, layer)):
+            meet[axis].extend(lifted.tolist())
+    return pack_cells(blobs, [np.array(m) for m in meet]), summary
 
 
-def _decoded(grid: MeshGrid, desc: int, data: bytes):
-    """A descendant's stored value (``decode_lod``), or ``ChildFragmentError`` naming it."""
+def _units(grid: MeshGrid, chunk_id: int, fragments: list[tuple[int, bytes]], planes: np.ndarray,
+           limit: int) -> tuple[list[list[tuple]], list[tuple]]:
+    """A big node's units: per child cell (in the order their first fragment comes, so the first
+    unit holds the first fragment), its descendants' values, a split one's stored units one by
+    one, packed in order while a unit stays within ``limit`` bytes. A unit is a list of ``(desc,
+    value, which)``: ``which`` the indices of a split value's units it takes (None: the value
+    whole). Also the split descendants' seams: ``(desc, settings, planes)``."""
+    from raymesh.formats.lod_cells import unpack_cells
+
+    cells: dict[tuple, list] = {}
+    for desc, data in fragments:
+        cells.setdefault(child_cell(grid, int(grid.layout.get_chunk_id(desc)), planes), []).append((desc, data))
+    units, seams = [], []
+    for group in cells.values():
+        unit, size = [], 0
+        for desc, data in group:
+            try:
+                stored = unpack_cells(data)
+                if len(stored.blobs) > 1:
+                    own = decode(stored.blobs[0]).settings
+                    seams.append((desc, own, _value_planes(grid, int(grid.layout.get_chunk_id(desc)), stored, own)))
+            except DracoError as exc:
+                raise ChildFragmentError(desc, exc) from exc
+            whole = len(stored.blobs) == 1
+            for i, blob in enumerate(stored.blobs):
+                if unit and size + len(blob) > limit:
+                    units.append(unit)
+                    unit, size = [], 0
+                if whole:
+                    unit.append((desc, data, None))
+                elif unit and unit[-1][0] == desc:
+                    unit[-1][2].append(i)
+                else:
+                    unit.append((desc, data, [i]))
+                size += len(blob)
+        units.append(unit)
+    return units, seams
+
+
+def _lifted_planes(grid: MeshGrid, values: list[np.ndarray], settings, desc: int, layer: int) -> list[np.ndarray]:
+    """A descendant's planes (per axis) where its vertices on them go when lifted to ``layer``."""
+    out = []
+    for axis, v in enumerate(values):
+        points = np.zeros((len(v), 3), dtype=np.float64)
+        points[:, axis] = v
+        out.append(lift_fragment(grid, points, settings, desc, layer)[0][:, axis])
+    return out
+
+
+def _decoded_pieces(grid: MeshGrid, fragments: list[tuple[int, bytes]]) -> list:
+    """``simplify_node``'s pieces from stored values, each decoded whole (``decode_lod``)."""
+    return [_decoded_piece(grid, desc, data) for desc, data in fragments]
+
+
+def _decoded_piece(grid: MeshGrid, desc: int, data: bytes, which: list[int] | None = None) -> tuple:
+    """A descendant's stored value (``decode_lod``; ``which``: some of its units) as a
+    ``simplify_node`` piece, or ``ChildFragmentError`` naming it."""
     try:
-        return decode_lod(grid, int(grid.layout.get_chunk_id(desc)), data)
+        frag = decode_lod(grid, int(grid.layout.get_chunk_id(desc)), data, which)
     except DracoError as exc:
         raise ChildFragmentError(desc, exc) from exc
+    return desc, frag.vertices, frag.faces, frag.settings
 
 
-def decode_lod(grid: MeshGrid, chunk_id: int, data: bytes):
-    """A stored LOD value (a Draco mesh, or a split node's cells) as one ``Fragment``: the cells
-    merged across the node's mid-planes where they meet. Their seam vertices were on the
-    mid-planes and each cell was encoded on the node's grid, so both copies of a seam vertex
-    decode to the mid-plane snapped to that grid, exactly."""
-    from raymesh.formats.draco import Fragment, snap
-    from raymesh.formats.lod_cells import cell_blobs
+def _value_planes(grid: MeshGrid, chunk_id: int, stored, settings) -> list[np.ndarray]:
+    """Where a split value's units meet, per axis: as stored, or (a value stored by child cell
+    before units had planes of their own) the node's mid-planes on its grid."""
+    from raymesh.formats.draco import snap
 
-    blobs = cell_blobs(data)
+    if stored.planes is not None:
+        return stored.planes
+    return [np.array([p]) for p in snap(seam_planes(grid, chunk_id)[None, :], settings)[0]]
+
+
+def decode_lod(grid: MeshGrid, chunk_id: int, data: bytes, which: list[int] | None = None):
+    """A stored LOD value (a Draco mesh, or a split node's units: ``which`` of them, or all) as
+    one ``Fragment``: the units merged where they meet. A seam vertex was on one of the stored
+    planes and locked in both units it belongs to; each unit was encoded on the node's grid, so
+    both copies decode to one position within half a grid step of the plane."""
+    from raymesh.formats.draco import Fragment
+    from raymesh.formats.lod_cells import unpack_cells
+
+    stored = unpack_cells(data)
+    blobs = stored.blobs if which is None else [stored.blobs[i] for i in which]
     if len(blobs) == 1:
         return decode(blobs[0])
     frags = [decode(b) for b in blobs]
     settings = frags[0].settings
     if any(f.settings != settings for f in frags):
-        raise DracoError("the cells of a split LOD mesh were encoded on different grids")
-    planes = snap(seam_planes(grid, chunk_id)[None, :], settings)[0]
+        raise DracoError("the units of a split LOD mesh were encoded on different grids")
+    planes = _value_planes(grid, chunk_id, stored, settings)
+    # v1 values hold their planes on the grid already: exact, as stitching merges
+    tolerance = None if stored.planes is None else np.full(3, 0.75 * settings.bin)
     parts = [(f.vertices, f.faces) for f in frags]
     del frags
-    vertices, faces = merge_across_boundaries(parts, planes)
+    vertices, faces = merge_across_boundaries(parts, planes, tolerance=tolerance)
     return Fragment(vertices, faces.astype(np.uint32), settings)
 
 

@@ -179,6 +179,131 @@ def test_a_big_node_simplified_cell_by_cell_keeps_every_rule(meshed):
     assert 0.9 <= split_faces / whole_faces <= 1.1
 
 
+def _layer3_split(job, limit):
+    """Every layer-3 node's LOD value as ``lod_node`` stores it at ``split_bytes=limit``."""
+    from raymesh.lod.geometry import lod_node
+
+    reader = job.lod_reader()
+    values = {}
+    for chunk, plan in _plans(job, 3):
+        for node, descendants in plan.descendants.items():
+            frags = [(d, reader.read(d)) for d in descendants if reader.read(d) is not None]
+            if frags:
+                values[node] = lod_node(job.grid, chunk, frags, job.lod_error(3), split_bytes=limit)[0]
+    return values
+
+
+def _welded_open_edges(frag) -> int:
+    """Edges used by one face once vertices at one position are one (as a viewer sees them)."""
+    return int((edge_use(merged([frag])[1]) == 1).sum())
+
+
+def test_a_big_node_is_collapsed_in_units_of_at_most_the_split_size_that_meet_again(meshed):
+    """Above layer 3 a big node's descendants are themselves stored in units; ``lod_node`` packs
+    them (and whole values) into units of at most the split size, so that a task's biggest
+    collapse does not grow with the object. Layer 3 stored one layer-2 fragment a unit, layer 4
+    packed at several sizes: every unit within the limit (or one stored unit alone), some taking
+    several units of one descendant (merged where they meet before the collapse); the value read
+    back has its seams closed (no more open edges than the whole node's collapse), no face across
+    the child grid, every border vertex of its descendants, and every input vertex within the
+    error."""
+    from raymesh.formats.lod_cells import unpack_cells
+    from raymesh.geometry.distance import mesh_distance
+    from raymesh.lod.geometry import _units, decode_lod, lod_node
+
+    _, jobs = meshed
+    job = jobs["lod"][0]
+    grid, layout = job.grid, job.meta.layout
+    below = _layer3_split(job, 0)
+    reader = job.lod_reader()
+    blob_sizes = [len(b) for v in below.values() for b in unpack_cells(v).blobs]
+    error = job.lod_error(4)
+    packed = checked = 0
+    for chunk, plan in _plans(job, 4):
+        planes = seam_planes(grid, chunk)
+        for node, descendants in plan.descendants.items():
+            frags = [(d, below.get(d) or reader.read(d)) for d in descendants]
+            frags = [(d, v) for d, v in frags if v is not None]
+            if not any(len(unpack_cells(v).blobs) > 1 for _, v in frags):
+                continue
+            whole = decode_lod(grid, chunk, lod_node(grid, chunk, frags, error)[0])
+            inputs = [decode_lod(grid, int(layout.get_chunk_id(d)), v) for d, v in frags]
+            for limit in (0, 2 * int(np.median(blob_sizes)), 6 * int(np.median(blob_sizes))):
+                units, _ = _units(grid, chunk, frags, planes, limit)
+                for unit in units:
+                    size = sum(len(v) if which is None else sum(len(unpack_cells(v).blobs[i]) for i in which)
+                               for _, v, which in unit)
+                    alone = len(unit) == 1 and (unit[0][2] is None or len(unit[0][2]) == 1)
+                    assert size <= limit or alone, (node, limit, size)
+                    packed += any(which is not None and len(which) > 1 for _, _, which in unit)
+                data, summary = lod_node(grid, chunk, frags, error, split_bytes=limit)
+                split = decode_lod(grid, chunk, data)
+                assert summary.input_faces == sum(len(f.faces) for f in inputs)
+                assert not crossing_faces(split.vertices, split.faces, planes).any(), (node, limit)
+                assert _welded_open_edges(split) <= _welded_open_edges(whole), (node, limit)
+                # and merged by ``decode_lod`` itself (the layer above reads it unwelded)
+                assert len(single_edges(split.faces)) <= len(single_edges(whole.faces)), (node, limit)
+                kept = {tuple(v) for v in split.vertices.tolist()}
+                for piece in inputs:
+                    border = piece.vertices[open_edge_vertices(len(piece.vertices), piece.faces)]
+                    assert all(tuple(v) in kept for v in border.tolist()), f"{node}: a border vertex moved"
+                    d = mesh_distance(np.asarray(piece.vertices, float), split.vertices,
+                                      split.faces.astype(np.int64), k=4, refine_above=error)
+                    assert d.max() <= error + 1e-6, f"{node}: {d.max():.1f} nm from its LOD mesh"
+                checked += 1
+    assert checked >= 10 and packed >= 5, (checked, packed)
+
+
+def test_a_value_stored_by_child_cell_in_the_first_layout_still_reads_and_feeds_the_layer_above(meshed):
+    """Values written before units carried their planes (``MAGIC_V1``: one mesh per child cell,
+    meeting on the node's mid-planes) read as the same mesh as the new layout, and a layer-4 node
+    made from them in units has its seams closed."""
+    import struct
+
+    from raymesh.formats.lod_cells import MAGIC_V1, unpack_cells
+    from raymesh.lod.geometry import child_cell, decode_lod, lod_node
+
+    _, jobs = meshed
+    job = jobs["lod"][0]
+    grid, layout = job.grid, job.meta.layout
+    reader = job.lod_reader()
+    v1_values, compared = {}, 0
+    for chunk, plan in _plans(job, 3):
+        planes = seam_planes(grid, chunk)
+        for node, descendants in plan.descendants.items():
+            frags = [(d, reader.read(d)) for d in descendants if reader.read(d) is not None]
+            cells: dict = {}
+            for d, v in frags:
+                key = child_cell(grid, int(layout.get_chunk_id(d)), planes)
+                cells[key] = cells.get(key, 0) + len(v)
+            if len(cells) < 2:
+                continue
+            # one unit a child cell: what the first layout stored
+            data, _ = lod_node(grid, chunk, frags, job.lod_error(3), split_bytes=max(cells.values()))
+            blobs = unpack_cells(data).blobs
+            assert len(blobs) == len(cells)
+            v1 = MAGIC_V1 + struct.pack(f"<I{len(blobs)}I", len(blobs), *(len(b) for b in blobs)) + b"".join(blobs)
+            new, old = decode_lod(grid, chunk, data), decode_lod(grid, chunk, v1)
+            np.testing.assert_array_equal(old.vertices, new.vertices)
+            np.testing.assert_array_equal(old.faces, new.faces)
+            v1_values[node] = v1
+            compared += 1
+    assert compared >= 5, compared
+    fed = 0
+    for chunk, plan in _plans(job, 4):
+        for node, descendants in plan.descendants.items():
+            frags = [(d, v1_values.get(d) or reader.read(d)) for d in descendants]
+            frags = [(d, v) for d, v in frags if v is not None]
+            if not any(d in v1_values for d, _ in frags):
+                continue
+            whole = decode_lod(grid, chunk, lod_node(grid, chunk, frags, job.lod_error(4))[0])
+            split = decode_lod(grid, chunk, lod_node(grid, chunk, frags, job.lod_error(4), split_bytes=0)[0])
+            assert _welded_open_edges(split) <= _welded_open_edges(whole), node
+            assert len(single_edges(split.faces)) <= len(single_edges(whole.faces)), node
+            fed += 1
+    assert fed >= 3, fed
+
+
 def _check_each_lod(graph: str, job, mesh_dir: str) -> None:
     """Every root's LODs read back as the export reads them: each within its budget of the
     layer-2 surface (sampled, both ways), interior objects closed at every LOD, fewer triangles
@@ -448,16 +573,27 @@ def test_a_dir_with_the_chain_keeps_it_on_a_plain_rerun(meshed):
 
 
 def test_a_cell_container_round_trips_and_a_damaged_one_is_a_value_that_does_not_decode():
-    """``formats.lod_cells``: one blob is stored as itself; several come back in order; a
-    truncated or padded container raises ``DracoError`` (what every LOD reader turns into a
-    failure naming the node), never a short list of cells."""
+    """``formats.lod_cells``: one blob is stored as itself; several come back in order with their
+    planes; a value of the first layout (no planes) still reads; a truncated or padded container
+    raises ``DracoError`` (what every LOD reader turns into a failure naming the node), never a
+    short list of cells."""
+    import struct
+
     from raymesh.formats.draco import DracoError
-    from raymesh.formats.lod_cells import MAGIC, cell_blobs, pack_cells
+    from raymesh.formats.lod_cells import MAGIC, MAGIC_V1, cell_blobs, pack_cells, unpack_cells
 
     blobs = [b"DRACO-a", b"DRACO-bb", b"DRACO-ccc"]
+    planes = [np.array([64.0, 32.0, 64.0]), np.array([]), np.array([-8.5])]
     assert pack_cells(blobs[:1]) == blobs[0] and cell_blobs(blobs[0]) == blobs[:1]
-    packed = pack_cells(blobs)
+    packed = pack_cells(blobs, planes)
     assert packed.startswith(MAGIC) and cell_blobs(packed) == blobs
-    for damaged in (packed[:-1], packed + b"x", packed[:len(MAGIC) + 2], MAGIC + (1).to_bytes(4, "little") + b"DRACO"):
+    back = unpack_cells(packed).planes
+    assert [p.tolist() for p in back] == [[32.0, 64.0], [], [-8.5]]
+    v1 = MAGIC_V1 + struct.pack("<4I", 3, 7, 8, 9) + b"".join(blobs)
+    assert unpack_cells(v1).blobs == blobs and unpack_cells(v1).planes is None
+    with pytest.raises(ValueError):
+        pack_cells(blobs)
+    for damaged in (packed[:-1], packed + b"x", packed[:len(MAGIC) + 2], MAGIC + (1).to_bytes(4, "little") + b"DRACO",
+                    packed[:len(MAGIC) + 4 + 12 + 6], v1[:-1]):
         with pytest.raises(DracoError):
             cell_blobs(damaged)

@@ -98,8 +98,11 @@ def test_a_spooled_shard_reader_keeps_shards_on_disk_and_reads_every_value_back(
     reader = SpooledShardReader(layout, lambda layer: spec, lambda layer, chunk: reads.append(chunk) or shards[chunk])
     reader.preload(values)
     assert sorted(reads) == sorted(chunks), "each shard read once, whole"
-    assert all(isinstance(where, tuple) for held in reader._values.values() for where in held.values()), \
-        "values are located in the scratch file, not held"
+    held = reader._values
+    assert all(isinstance(t, np.ndarray) and t.dtype == np.uint64 and t.shape[1] == 3 for t in held.values()), \
+        "values are located in the scratch file (a [key, start, size] table per shard), not held"
+    assert sum(len(t) for t in held.values()) == len(values)
+    assert all((t[1:, 0] > t[:-1, 0]).all() for t in held.values()), "sorted, for lookups"
     assert all(reader.read(k) == v for k, v in values.items())
     assert reader.read(int(layout.node_id(chunks[0], 999))) is None
     reader.close()
