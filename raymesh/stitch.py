@@ -311,14 +311,23 @@ def seam_planes(grid: MeshGrid, chunk_id: int) -> np.ndarray:
 
 def on_planes(vertices: np.ndarray, planes, tolerance: np.ndarray | None = None) -> np.ndarray:
     """Which vertices lie on one of ``planes`` (per axis: a value or values), exactly or within
-    ``tolerance`` (per axis)."""
+    ``tolerance`` (per axis). Many values are looked up by bisection, not one pass each."""
     out = np.zeros(len(vertices), dtype=bool)
     for axis in range(3):
-        for value in np.atleast_1d(planes[axis]):
-            if tolerance is None:
-                out |= vertices[:, axis] == value
-            else:
-                out |= np.abs(vertices[:, axis] - value) <= tolerance[axis]
+        values = np.sort(np.atleast_1d(np.asarray(planes[axis], dtype=np.float64)))
+        if not len(values):
+            continue
+        col = vertices[:, axis]
+        if tolerance is None:  # stitching's case: no float temporaries beside a whole node's mesh
+            out |= (col == values[0]) if len(values) == 1 else np.isin(col, values)
+            continue
+        if len(values) == 1:
+            near = np.abs(col - values[0])
+        else:
+            i = np.searchsorted(values, col)
+            near = np.minimum(np.abs(col - values[np.maximum(i - 1, 0)]),
+                              np.abs(col - values[np.minimum(i, len(values) - 1)]))
+        out |= near <= tolerance[axis]
     return out
 
 

@@ -254,7 +254,7 @@ def lod_node(grid: MeshGrid, chunk_id: int, fragments: list[tuple[int, bytes]], 
     node's. A seam inside a child cell stays locked only while two units meet there: the layer
     above packs the units again, bigger (each is simplified to less than half its input). The
     returned ``LodMesh`` holds the mesh only for a node in one piece."""
-    from raymesh.formats.lod_cells import pack_cells
+    from raymesh.formats.lod_cells import pack_cells, unpack_cells
 
     limit = SPLIT_BYTES if split_bytes is None else split_bytes
     planes = seam_planes(grid, chunk_id)
@@ -262,13 +262,16 @@ def lod_node(grid: MeshGrid, chunk_id: int, fragments: list[tuple[int, bytes]], 
         mesh, settings = simplify_node(grid, chunk_id, _decoded_pieces(grid, fragments), error, planes)
         return encode(mesh.vertices, mesh.faces, settings), mesh
     layer = int(grid.layout.get_chunk_layer(chunk_id))
-    units, seams = _units(grid, chunk_id, fragments, planes, limit)
+    units, divided = _units(grid, chunk_id, fragments, planes, limit)
     settings, blobs = None, []
+    seams: dict[int, tuple] = {}  # a divided descendant's value and grid
     summary = LodMesh(None, None, 0, False, 0)
     for unit in units:
         pieces = []
         for desc, data, which in unit:
             pieces.append(_decoded_piece(grid, desc, data, which))
+            if desc in divided:
+                seams.setdefault(desc, (data, pieces[-1][3]))
         mesh, s = simplify_node(grid, chunk_id, pieces, error, planes)
         settings = settings or s  # the first fragment's, lifted, as stitching's (7.4); every unit's
         if len(units) == 1:
@@ -279,44 +282,43 @@ def lod_node(grid: MeshGrid, chunk_id: int, fragments: list[tuple[int, bytes]], 
         summary.unsimplified |= mesh.unsimplified
         summary.output_faces += len(mesh.faces)
         del mesh
-    # where the units meet: the node's mid-planes and the split descendants' seams, carried
-    # through the same lift as their vertices
+    # where the units meet: the node's mid-planes, and the seams of a split descendant whose
+    # units went to several of this node's, carried through the same lift as its vertices
     meet = [[p] for p in planes]
-    for desc, own, values in seams:
+    for desc, (data, own) in seams.items():
+        values = _value_planes(grid, int(grid.layout.get_chunk_id(desc)), unpack_cells(data), own)
         for axis, lifted in enumerate(_lifted_planes(grid, values, own, desc, layer)):
             meet[axis].extend(lifted.tolist())
     return pack_cells(blobs, [np.array(m) for m in meet]), summary
 
 
 def _units(grid: MeshGrid, chunk_id: int, fragments: list[tuple[int, bytes]], planes: np.ndarray,
-           limit: int) -> tuple[list[list[tuple]], list[tuple]]:
+           limit: int) -> tuple[list[list[tuple]], set[int]]:
     """A big node's units: per child cell (in the order their first fragment comes, so the first
     unit holds the first fragment), its descendants' values, a split one's stored units one by
     one, packed in order while a unit stays within ``limit`` bytes. A unit is a list of ``(desc,
     value, which)``: ``which`` the indices of a split value's units it takes (None: the value
-    whole). Also the split descendants' seams: ``(desc, settings, planes)``."""
+    whole). Also the split descendants whose units went to more than one unit: where they meet
+    stays a seam of this node's value."""
     from raymesh.formats.lod_cells import unpack_cells
 
     cells: dict[tuple, list] = {}
     for desc, data in fragments:
         cells.setdefault(child_cell(grid, int(grid.layout.get_chunk_id(desc)), planes), []).append((desc, data))
-    units, seams = [], []
+    units, divided = [], set()
     for group in cells.values():
         unit, size = [], 0
         for desc, data in group:
             try:
-                stored = unpack_cells(data)
-                if len(stored.blobs) > 1:
-                    own = decode(stored.blobs[0]).settings
-                    seams.append((desc, own, _value_planes(grid, int(grid.layout.get_chunk_id(desc)), stored, own)))
+                stored = unpack_cells(data).blobs
             except DracoError as exc:
                 raise ChildFragmentError(desc, exc) from exc
-            whole = len(stored.blobs) == 1
-            for i, blob in enumerate(stored.blobs):
+            for i, blob in enumerate(stored):
                 if unit and size + len(blob) > limit:
                     units.append(unit)
                     unit, size = [], 0
-                if whole:
+                    divided.update([desc] if i else [])
+                if len(stored) == 1:
                     unit.append((desc, data, None))
                 elif unit and unit[-1][0] == desc:
                     unit[-1][2].append(i)
@@ -324,7 +326,7 @@ def _units(grid: MeshGrid, chunk_id: int, fragments: list[tuple[int, bytes]], pl
                     unit.append((desc, data, [i]))
                 size += len(blob)
         units.append(unit)
-    return units, seams
+    return units, divided
 
 
 def _lifted_planes(grid: MeshGrid, values: list[np.ndarray], settings, desc: int, layer: int) -> list[np.ndarray]:

@@ -104,6 +104,28 @@ def test_merge_dedups_only_plane_vertices():
     assert f.tolist() == [[0, 4, 1], [4, 2, 3]]
 
 
+def test_on_planes_with_many_values_and_a_tolerance_matches_brute_force():
+    """The LOD chain's units meet on many planes per axis, looked up by bisection; exact for
+    stitching (one value an axis), within a tolerance for values snapped after their planes."""
+    from raymesh.stitch import on_planes
+
+    rng = np.random.default_rng(3)
+    planes = [np.array([64.0, 0.0, 128.0, 32.0]), np.array([]), np.array([40.0])]
+    vertices = rng.integers(0, 130, size=(5000, 3)).astype(np.float64) + rng.choice([0.0, 0.25, 0.5], size=(5000, 3))
+    tol = np.array([0.3, 0.3, 0.3])
+    brute = np.zeros(len(vertices), dtype=bool)
+    exact = np.zeros(len(vertices), dtype=bool)
+    for axis, values in enumerate(planes):
+        for v in values:
+            brute |= np.abs(vertices[:, axis] - v) <= tol[axis]
+            exact |= vertices[:, axis] == v
+    assert brute.sum() > exact.sum() > 20
+    np.testing.assert_array_equal(on_planes(vertices, planes, tol), brute)
+    np.testing.assert_array_equal(on_planes(vertices, planes), exact)
+    np.testing.assert_array_equal(on_planes(vertices, np.array([64.0, 1.0, 40.0])),
+                                  (vertices == np.array([64.0, 1.0, 40.0])).any(axis=1))
+
+
 def test_shard_builder_matches_synthesize_shard(tmp_path):
     spec = ShardingSpec(minishard_bits=3, minishard_index_encoding="gzip")
     values = {int(k): bytes([k % 251]) * (k % 17 + 1) for k in range(1000, 1100, 3)}
