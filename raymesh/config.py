@@ -49,7 +49,7 @@ class MeshConfig(BaseModel):
     mesh_dir: str = "graphene_meshes"
     lod_chain: bool = Field(False, description="also write the LOD chain: a simplified mesh of every node of "
                             "layers 3 and up, made from its children's, beside initial/ (raymesh/lod). Off by "
-                            "default: on the real volume it adds 23-28% to a run, not under the 25% bar "
+                            "default: on the real volume it adds 23-28% to a run, not clearly under the 25% bar "
                             "(benchmarks/lod_chain.py)")
     lod_error: Optional[float] = Field(None, gt=0, description="base of the LOD error budget: a layer-L LOD "
                                        "mesh stays within lod_error * lod_growth^(L-2) nm of the layer-2 "
