@@ -22,7 +22,8 @@ def graph(synthetic, tmp_path_factory):
 
 def _cluster(head: dict, workers: list[dict], tries: int = 3):
     """A head and workers. On a loaded machine a head can time out while starting (its GCS port
-    file, as ``actors.ray_executor.start_local_ray`` retries too): tried again, up to ``tries``."""
+    file, as ``actors.ray_executor.start_local_ray`` retries too, or its raylet registering with
+    the GCS: Ray raises a bare ``Exception`` for that one): tried again, up to ``tries``."""
     import time
 
     import ray
@@ -33,7 +34,7 @@ def _cluster(head: dict, workers: list[dict], tries: int = 3):
             cluster = Cluster(initialize_head=True, connect=True,
                               head_node_args={"include_dashboard": False, "object_store_memory": 80 * MiB, **head})
             break
-        except RuntimeError as exc:
+        except Exception as exc:  # noqa: BLE001 - Ray's raylet timeout is a bare Exception; only it is retried
             if "timed out" not in str(exc).lower() or attempt == tries:
                 raise
             ray.shutdown()
