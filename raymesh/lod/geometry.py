@@ -74,7 +74,7 @@ def pieces_open_edge_vertices(parts: list[tuple[np.ndarray, np.ndarray]]) -> np.
 
 @dataclass
 class LodMesh:
-    vertices: np.ndarray | None  # float64 (n, 3) nm; None for a node stored by cell (``lod_node``)
+    vertices: np.ndarray | None  # float64 (n, 3) nm; None for a node stored in units (``lod_node``)
     faces: np.ndarray | None  # (m, 3)
     input_faces: int  # faces of the descendants' meshes it was made from
     unsimplified: bool = False  # the checked collapse ran out of rounds: its input kept as it was

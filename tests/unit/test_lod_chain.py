@@ -121,12 +121,13 @@ def test_a_lod_task_reads_its_childrens_shards_whole_and_lower_layers_by_range(m
     assert skipped, "the synthetic graph has no layer-4 node with a layer-2 child: this test checks nothing"
 
 
-def test_a_big_node_simplified_cell_by_cell_keeps_every_rule(meshed):
-    """``lod_node`` splits a node bigger than ``SPLIT_BYTES`` by child cell and stores its cells'
-    meshes apart; forced on every node here (the synthetic nodes are small), what it stores, read
-    back whole (``decode_lod``: the cells merged where they meet), is what the whole-node collapse
-    gives: borders kept, no face across the child grid, no new open edge (the cells' seams close),
-    every input vertex within the error, and about as many triangles."""
+def test_a_big_node_simplified_in_units_keeps_every_rule(meshed):
+    """``lod_node`` cuts a node bigger than ``SPLIT_BYTES`` into units (here, at a limit of 0, one
+    descendant each) and stores their meshes apart; forced on every node here (the synthetic nodes
+    are small), what it stores, read back whole (``decode_lod``: the units merged where they
+    meet), is what the whole-node collapse gives: borders kept, no face across the child grid, no
+    new open edge (the seams close), every input vertex within the error, and about as many
+    triangles."""
     from raymesh.geometry.distance import mesh_distance
     from raymesh.lod.geometry import decode_lod, lod_node
 
