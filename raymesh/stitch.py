@@ -321,12 +321,9 @@ def on_planes(vertices: np.ndarray, planes, tolerance: np.ndarray | None = None)
         if tolerance is None:  # stitching's case: no float temporaries beside a whole node's mesh
             out |= (col == values[0]) if len(values) == 1 else np.isin(col, values)
             continue
-        if len(values) == 1:
-            near = np.abs(col - values[0])
-        else:
-            i = np.searchsorted(values, col)
-            near = np.minimum(np.abs(col - values[np.maximum(i - 1, 0)]),
-                              np.abs(col - values[np.minimum(i, len(values) - 1)]))
+        i = np.searchsorted(values, col)
+        near = np.minimum(np.abs(col - values[np.maximum(i - 1, 0)]),
+                          np.abs(col - values[np.minimum(i, len(values) - 1)]))
         out |= near <= tolerance[axis]
     return out
 

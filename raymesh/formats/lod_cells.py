@@ -89,7 +89,3 @@ def unpack_cells(data: bytes) -> Cells:
         at += size
     return Cells(blobs, planes)
 
-
-def cell_blobs(data: bytes) -> list[bytes]:
-    """The Draco meshes of a stored value: itself, or its cells in order."""
-    return unpack_cells(data).blobs

@@ -322,11 +322,6 @@ def shard_table(buf: bytes | np.ndarray, spec: ShardingSpec) -> np.ndarray:
     return table[np.argsort(table[:, 0], kind="stable")]
 
 
-def shard_locations(buf: bytes | np.ndarray, spec: ShardingSpec) -> dict[int, tuple[int, int]]:
-    """Every key's ``(start, size)`` in a shard's bytes (its value still encoded)."""
-    return {int(key): (int(start), int(size)) for key, start, size in shard_table(buf, spec).tolist()}
-
-
 def decode_value(data: bytes, spec: ShardingSpec) -> bytes:
     """A value as stored (``spec.data_encoding``) to its bytes."""
     return _decode(data, spec.data_encoding)
@@ -336,7 +331,7 @@ def disassemble_shard(buf: bytes | np.ndarray, spec: ShardingSpec) -> dict[int, 
     """Every ``{key: value}`` of a shard (what PCG's stitching reads; also for verification)."""
     read = bytes_reader(buf)
     return {key: _decode(read(start, start + size), spec.data_encoding)
-            for key, (start, size) in shard_locations(buf, spec).items()}
+            for key, start, size in shard_table(buf, spec).tolist()}
 
 
 def compute_shard_params_for_hashed(num_labels: int, shard_index_bytes: int = 2**13,

@@ -254,7 +254,7 @@ def lod_node(grid: MeshGrid, chunk_id: int, fragments: list[tuple[int, bytes]], 
     node's. A seam inside a child cell stays locked only while two units meet there: the layer
     above packs the units again, bigger (each is simplified to less than half its input). The
     returned ``LodMesh`` holds the mesh only for a node in one piece."""
-    from raymesh.formats.lod_cells import pack_cells, unpack_cells
+    from raymesh.formats.lod_cells import pack_cells
 
     limit = SPLIT_BYTES if split_bytes is None else split_bytes
     planes = seam_planes(grid, chunk_id)
@@ -264,14 +264,14 @@ def lod_node(grid: MeshGrid, chunk_id: int, fragments: list[tuple[int, bytes]], 
     layer = int(grid.layout.get_chunk_layer(chunk_id))
     units, divided = _units(grid, chunk_id, fragments, planes, limit)
     settings, blobs = None, []
-    seams: dict[int, tuple] = {}  # a divided descendant's value and grid
+    seams: dict[int, tuple] = {}  # a divided descendant's parsed value and grid
     summary = LodMesh(None, None, 0, False, 0)
     for unit in units:
         pieces = []
-        for desc, data, which in unit:
-            pieces.append(_decoded_piece(grid, desc, data, which))
+        for desc, stored, which in unit:
+            pieces.append(_decoded_piece(grid, desc, stored, which))
             if desc in divided:
-                seams.setdefault(desc, (data, pieces[-1][3]))
+                seams.setdefault(desc, (stored, pieces[-1][3]))
         mesh, s = simplify_node(grid, chunk_id, pieces, error, planes)
         settings = settings or s  # the first fragment's, lifted, as stitching's (7.4); every unit's
         if len(units) == 1:
@@ -285,8 +285,8 @@ def lod_node(grid: MeshGrid, chunk_id: int, fragments: list[tuple[int, bytes]], 
     # where the units meet: the node's mid-planes, and the seams of a split descendant whose
     # units went to several of this node's, carried through the same lift as its vertices
     meet = [[p] for p in planes]
-    for desc, (data, own) in seams.items():
-        values = _value_planes(grid, int(grid.layout.get_chunk_id(desc)), unpack_cells(data), own)
+    for desc, (stored, own) in seams.items():
+        values = _value_planes(grid, int(grid.layout.get_chunk_id(desc)), stored, own)
         for axis, lifted in enumerate(_lifted_planes(grid, values, own, desc, layer)):
             meet[axis].extend(lifted.tolist())
     return pack_cells(blobs, [np.array(m) for m in meet]), summary
@@ -298,10 +298,8 @@ def _units(grid: MeshGrid, chunk_id: int, fragments: list[tuple[int, bytes]], pl
     unit holds the first fragment), its descendants' values, a split one's stored units one by
     one, packed in order while a unit stays within ``limit`` bytes. A unit is a list of ``(desc,
     value, which)``: ``which`` the indices of a split value's units it takes (None: the value
-    whole). Also the split descendants whose units went to more than one unit: where they meet
-    stays a seam of this node's value."""
-    from raymesh.formats.lod_cells import unpack_cells
-
+    whole), ``value`` parsed once (``lod_cells.Cells``). Also the split descendants whose units
+    went to more than one unit: where they meet stays a seam of this node's value."""
     cells: dict[tuple, list] = {}
     for desc, data in fragments:
         cells.setdefault(child_cell(grid, int(grid.layout.get_chunk_id(desc)), planes), []).append((desc, data))
@@ -309,21 +307,19 @@ def _units(grid: MeshGrid, chunk_id: int, fragments: list[tuple[int, bytes]], pl
     for group in cells.values():
         unit, size = [], 0
         for desc, data in group:
-            try:
-                stored = unpack_cells(data).blobs
-            except DracoError as exc:
-                raise ChildFragmentError(desc, exc) from exc
-            for i, blob in enumerate(stored):
+            stored = _parsed(desc, data)
+            for i, blob in enumerate(stored.blobs):
                 if unit and size + len(blob) > limit:
                     units.append(unit)
                     unit, size = [], 0
-                    divided.update([desc] if i else [])
-                if len(stored) == 1:
-                    unit.append((desc, data, None))
+                    if i:  # a break between two units of one descendant
+                        divided.add(desc)
+                if len(stored.blobs) == 1:
+                    unit.append((desc, stored, None))
                 elif unit and unit[-1][0] == desc:
                     unit[-1][2].append(i)
                 else:
-                    unit.append((desc, data, [i]))
+                    unit.append((desc, stored, [i]))
                 size += len(blob)
         units.append(unit)
     return units, divided
@@ -340,15 +336,25 @@ def _lifted_planes(grid: MeshGrid, values: list[np.ndarray], settings, desc: int
 
 
 def _decoded_pieces(grid: MeshGrid, fragments: list[tuple[int, bytes]]) -> list:
-    """``simplify_node``'s pieces from stored values, each decoded whole (``decode_lod``)."""
-    return [_decoded_piece(grid, desc, data) for desc, data in fragments]
+    """``simplify_node``'s pieces from stored values, each decoded whole."""
+    return [_decoded_piece(grid, desc, _parsed(desc, data)) for desc, data in fragments]
 
 
-def _decoded_piece(grid: MeshGrid, desc: int, data: bytes, which: list[int] | None = None) -> tuple:
-    """A descendant's stored value (``decode_lod``; ``which``: some of its units) as a
+def _parsed(desc: int, data: bytes):
+    """A descendant's stored value parsed (``lod_cells.Cells``), or ``ChildFragmentError``."""
+    from raymesh.formats.lod_cells import unpack_cells
+
+    try:
+        return unpack_cells(data)
+    except DracoError as exc:
+        raise ChildFragmentError(desc, exc) from exc
+
+
+def _decoded_piece(grid: MeshGrid, desc: int, stored, which: list[int] | None = None) -> tuple:
+    """A descendant's parsed value (``decode_units``; ``which``: some of its units) as a
     ``simplify_node`` piece, or ``ChildFragmentError`` naming it."""
     try:
-        frag = decode_lod(grid, int(grid.layout.get_chunk_id(desc)), data, which)
+        frag = decode_units(grid, int(grid.layout.get_chunk_id(desc)), stored, which)
     except DracoError as exc:
         raise ChildFragmentError(desc, exc) from exc
     return desc, frag.vertices, frag.faces, frag.settings
@@ -364,15 +370,21 @@ def _value_planes(grid: MeshGrid, chunk_id: int, stored, settings) -> list[np.nd
     return [np.array([p]) for p in snap(seam_planes(grid, chunk_id)[None, :], settings)[0]]
 
 
-def decode_lod(grid: MeshGrid, chunk_id: int, data: bytes, which: list[int] | None = None):
-    """A stored LOD value (a Draco mesh, or a split node's units: ``which`` of them, or all) as
-    one ``Fragment``: the units merged where they meet. A seam vertex was on one of the stored
-    planes and locked in both units it belongs to; each unit was encoded on the node's grid, so
-    both copies decode to one position within half a grid step of the plane."""
-    from raymesh.formats.draco import Fragment
+def decode_lod(grid: MeshGrid, chunk_id: int, data: bytes):
+    """A stored LOD value (a Draco mesh, or a split node's units) as one ``Fragment``: the units
+    merged where they meet (``decode_units``)."""
     from raymesh.formats.lod_cells import unpack_cells
 
-    stored = unpack_cells(data)
+    return decode_units(grid, chunk_id, unpack_cells(data))
+
+
+def decode_units(grid: MeshGrid, chunk_id: int, stored, which: list[int] | None = None):
+    """A parsed LOD value (``lod_cells.Cells``; ``which`` of its units, or all) as one
+    ``Fragment``: the units merged where they meet. A seam vertex was on one of the stored planes
+    and locked in both units it belongs to; each unit was encoded on the node's grid, so both
+    copies decode to one position within half a grid step of the plane."""
+    from raymesh.formats.draco import Fragment
+
     blobs = stored.blobs if which is None else [stored.blobs[i] for i in which]
     if len(blobs) == 1:
         return decode(blobs[0])

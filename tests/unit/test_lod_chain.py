@@ -232,7 +232,7 @@ def test_a_big_node_is_collapsed_in_units_of_at_most_the_split_size_that_meet_ag
             for limit in (0, 2 * int(np.median(blob_sizes)), 6 * int(np.median(blob_sizes))):
                 units, _ = _units(grid, chunk, frags, planes, limit)
                 for unit in units:
-                    size = sum(len(v) if which is None else sum(len(unpack_cells(v).blobs[i]) for i in which)
+                    size = sum(len(v.blobs[0]) if which is None else sum(len(v.blobs[i]) for i in which)
                                for _, v, which in unit)
                     alone = len(unit) == 1 and (unit[0][2] is None or len(unit[0][2]) == 1)
                     assert size <= limit or alone, (node, limit, size)
@@ -581,13 +581,13 @@ def test_a_cell_container_round_trips_and_a_damaged_one_is_a_value_that_does_not
     import struct
 
     from raymesh.formats.draco import DracoError
-    from raymesh.formats.lod_cells import MAGIC, MAGIC_V1, cell_blobs, pack_cells, unpack_cells
+    from raymesh.formats.lod_cells import MAGIC, MAGIC_V1, pack_cells, unpack_cells
 
     blobs = [b"DRACO-a", b"DRACO-bb", b"DRACO-ccc"]
     planes = [np.array([64.0, 32.0, 64.0]), np.array([]), np.array([-8.5])]
-    assert pack_cells(blobs[:1]) == blobs[0] and cell_blobs(blobs[0]) == blobs[:1]
+    assert pack_cells(blobs[:1]) == blobs[0] and unpack_cells(blobs[0]).blobs == blobs[:1]
     packed = pack_cells(blobs, planes)
-    assert packed.startswith(MAGIC) and cell_blobs(packed) == blobs
+    assert packed.startswith(MAGIC) and unpack_cells(packed).blobs == blobs
     back = unpack_cells(packed).planes
     assert [p.tolist() for p in back] == [[32.0, 64.0], [], [-8.5]]
     v1 = MAGIC_V1 + struct.pack("<4I", 3, 7, 8, 9) + b"".join(blobs)
@@ -597,4 +597,4 @@ def test_a_cell_container_round_trips_and_a_damaged_one_is_a_value_that_does_not
     for damaged in (packed[:-1], packed + b"x", packed[:len(MAGIC) + 2], MAGIC + (1).to_bytes(4, "little") + b"DRACO",
                     packed[:len(MAGIC) + 4 + 12 + 6], v1[:-1]):
         with pytest.raises(DracoError):
-            cell_blobs(damaged)
+            unpack_cells(damaged)
